@@ -1,0 +1,31 @@
+// The schemas of lstm_attn's ops, defined once. Each device registers its kernels beside its own code:
+// CPU in csrc/cpu/, CUDA in csrc/cuda/. Fake (meta) rules and autograd are registered from Python
+// (lstm_attn/ops.py), where backward is written in terms of the *_bwd ops below.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// `import lstm_attn._C` loads this library, which runs the TORCH_LIBRARY registrations; the module itself
+// exports nothing.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(lstm_attn, m) {
+  // out = layer_norm(softmax(q k^T * scale) v + residual). Also returns what backward recomputes from:
+  // attn = softmax(q k^T * scale) v (input dtype) and float32 row statistics lse, mean, rstd (B, Tq).
+  m.def(
+      "attention_layernorm_fwd(Tensor q, Tensor k, Tensor v, Tensor residual, Tensor weight, Tensor bias, "
+      "float eps, float scale) -> (Tensor out, Tensor attn, Tensor lse, Tensor mean, Tensor rstd)");
+  m.def(
+      "attention_layernorm_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor residual, Tensor weight, "
+      "Tensor attn, Tensor lse, Tensor mean, Tensor rstd, float scale) -> (Tensor grad_q, Tensor grad_k, "
+      "Tensor grad_v, Tensor grad_residual, Tensor grad_weight, Tensor grad_bias)");
+  // pooled = sum_j softmax_j(x_j . u + c) x_j; lse (B,) float32 is the log-sum-exp of those scores.
+  m.def("softmax_pool_fwd(Tensor x, Tensor u, Tensor c) -> (Tensor pooled, Tensor lse)");
+  m.def(
+      "softmax_pool_bwd(Tensor grad_pooled, Tensor x, Tensor u, Tensor c, Tensor pooled, Tensor lse) -> "
+      "(Tensor grad_x, Tensor grad_u, Tensor grad_c)");
+}

@@ -1,0 +1,176 @@
+"""Which implementation runs: the backends, what each supports, and the choice behind backend="auto".
+
+The modules and the public functions ask this module for a backend by name; none of them knows which
+kernel runs underneath.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from lstm_attn import ops, reference
+
+BACKENDS = ("reference", "cpu", "cuda", "triton")
+
+# The order "auto" tries on each device type: fastest first.
+AUTO_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "reference")}
+
+# Backends seen to fail on a given GPU architecture: "auto" skips them there and available_backends says why.
+# Filled from real runs only (see benchmarks/device_check.sh); key (backend, "sm_XY").
+KNOWN_FAILURES: dict[tuple[str, str], str] = {}
+
+_ALL_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_GPU_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+GPU_MAX_HEAD_DIM = 512
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    available: bool
+    reason: str = ""
+
+    def __repr__(self) -> str:
+        return "available" if self.available else f"unavailable: {self.reason}"
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    dtypes: tuple[torch.dtype, ...]
+    max_head_dim: int | None
+    status: Callable[[torch.device], BackendStatus]
+    attention_layernorm: Callable
+    softmax_pool: Callable
+
+    def unsupported_reason(self, dtype: torch.dtype, head_dim: int) -> str | None:
+        if dtype not in self.dtypes:
+            return f"backend {self.name!r} supports {', '.join(map(str, self.dtypes))}, not {dtype}"
+        if self.max_head_dim is not None and head_dim > self.max_head_dim:
+            return f"backend {self.name!r} supports H up to {self.max_head_dim}, got H = {head_dim}"
+        return None
+
+
+def _arch(device: torch.device) -> str:
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"sm_{major}{minor}"
+
+
+def _reference_status(device: torch.device) -> BackendStatus:
+    return BackendStatus(True)
+
+
+def _cpu_status(device: torch.device) -> BackendStatus:
+    if ops.EXTENSION_ERROR:
+        return BackendStatus(False, ops.EXTENSION_ERROR)
+    if device.type != "cpu":
+        return BackendStatus(False, f"runs on CPU tensors, not {device.type}")
+    return BackendStatus(True)
+
+
+def _cuda_device_reason(device: torch.device) -> str | None:
+    if device.type != "cuda":
+        return f"runs on CUDA tensors, not {device.type}"
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is visible to torch"
+    return None
+
+
+def _cuda_status(device: torch.device) -> BackendStatus:
+    if ops.EXTENSION_ERROR:
+        return BackendStatus(False, ops.EXTENSION_ERROR)
+    if not torch._C._dispatch_has_kernel_for_dispatch_key("lstm_attn::attention_layernorm_fwd", "CUDA"):
+        return BackendStatus(False, "the extension was built without CUDA kernels (no nvcc or a CPU-only torch "
+                                    "at build time; LSTM_ATTN_CUDA=1 makes the build require them)")
+    reason = _cuda_device_reason(device)
+    if reason:
+        return BackendStatus(False, reason)
+    failure = KNOWN_FAILURES.get(("cuda", _arch(device)))
+    return BackendStatus(False, failure) if failure else BackendStatus(True)
+
+
+def triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _triton_status(device: torch.device) -> BackendStatus:
+    if ops.TRITON_ERROR:
+        return BackendStatus(False, ops.TRITON_ERROR)
+    if device.type == "cpu" and triton_interpreting():
+        return BackendStatus(True)
+    reason = _cuda_device_reason(device)
+    if reason:
+        return BackendStatus(False, reason + " (CPU tensors need TRITON_INTERPRET=1 set before import)")
+    failure = KNOWN_FAILURES.get(("triton", _arch(device)))
+    return BackendStatus(False, failure) if failure else BackendStatus(True)
+
+
+def _extension_attention_layernorm(q, k, v, residual, weight, bias, eps, scale):
+    return torch.ops.lstm_attn.attention_layernorm_fwd(q, k, v, residual, weight, bias, eps, scale)[0]
+
+
+def _extension_softmax_pool(x, u, c):
+    return torch.ops.lstm_attn.softmax_pool_fwd(x, u, c)[0]
+
+
+def _triton_attention_layernorm(q, k, v, residual, weight, bias, eps, scale):
+    return torch.ops.lstm_attn.triton_attention_layernorm_fwd(q, k, v, residual, weight, bias, eps, scale)[0]
+
+
+def _triton_softmax_pool(x, u, c):
+    return torch.ops.lstm_attn.triton_softmax_pool_fwd(x, u, c)[0]
+
+
+_REGISTRY = {
+    b.name: b
+    for b in (
+        Backend("reference", _ALL_DTYPES, None, _reference_status, reference.attention_layernorm,
+                reference.softmax_pool),
+        Backend("cpu", _ALL_DTYPES, None, _cpu_status, _extension_attention_layernorm, _extension_softmax_pool),
+        Backend("cuda", _GPU_DTYPES, GPU_MAX_HEAD_DIM, _cuda_status, _extension_attention_layernorm,
+                _extension_softmax_pool),
+        Backend("triton", _GPU_DTYPES, GPU_MAX_HEAD_DIM, _triton_status, _triton_attention_layernorm,
+                _triton_softmax_pool),
+    )
+}
+
+
+def _as_device(device) -> torch.device:
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def available_backends(device="cpu") -> dict[str, BackendStatus]:
+    """Every backend's status on `device`: available, or why not (not built, no GPU, known to fail here)."""
+    device = _as_device(device)
+    return {name: backend.status(device) for name, backend in _REGISTRY.items()}
+
+
+def check_backend_name(backend: str) -> None:
+    if backend != "auto" and backend not in _REGISTRY:
+        raise ValueError(f"backend must be 'auto' or one of {', '.join(map(repr, BACKENDS))}; got {backend!r}")
+
+
+def resolve(backend: str, device, dtype: torch.dtype, head_dim: int) -> Backend:
+    """The backend that will run for these inputs; a clear error if the one asked for cannot."""
+    check_backend_name(backend)
+    device = _as_device(device)
+    if backend == "auto":
+        for name in AUTO_ORDER.get(device.type, ("reference",)):
+            candidate = _REGISTRY[name]
+            if candidate.status(device).available and candidate.unsupported_reason(dtype, head_dim) is None:
+                return candidate
+        return _REGISTRY["reference"]
+    chosen = _REGISTRY[backend]
+    status = chosen.status(device)
+    if not status.available:
+        raise RuntimeError(f"backend={backend!r} is not available on {device}: {status.reason}")
+    reason = chosen.unsupported_reason(dtype, head_dim)
+    if reason:
+        raise ValueError(reason)
+    return chosen

@@ -1,0 +1,38 @@
+"""The public functions: validate, pick a backend, call it."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from lstm_attn import backends
+from lstm_attn.validation import check_attention_layernorm, check_softmax_pool
+
+
+def attention_layernorm(q: Tensor, k: Tensor, v: Tensor, residual: Tensor, weight: Tensor, bias: Tensor,
+                        eps: float = 1e-5, scale: float | None = None, backend: str = "auto") -> Tensor:
+    """layer_norm(softmax(q @ k^T * scale) @ v + residual) over the last dim, fused.
+
+    q, residual: (B, Tq, H); k, v: (B, Tk, H); weight, bias: (H,). Non-causal, single head, head dim H;
+    scale defaults to H ** -0.5. Differentiable in every tensor input. backend: "auto", "reference",
+    "cpu", "cuda" or "triton" (see lstm_attn.available_backends).
+    """
+    backends.check_backend_name(backend)
+    check_attention_layernorm(q, k, v, residual, weight, bias, eps, scale)
+    H = q.shape[-1]
+    impl = backends.resolve(backend, q.device, q.dtype, H)
+    scale = H**-0.5 if scale is None else float(scale)
+    return impl.attention_layernorm(q.contiguous(), k.contiguous(), v.contiguous(), residual.contiguous(),
+                                    weight.contiguous(), bias.contiguous(), float(eps), scale)
+
+
+def softmax_pool(x: Tensor, u: Tensor, c: Tensor, backend: str = "auto") -> Tensor:
+    """sum_j softmax_j(x_j . u + c) x_j: x (B, T, H), u (B, H), c (B,) -> (B, H).
+
+    The memory-bound core of the model's exact last-step attention: one pass over x per batch row.
+    c shifts every score of a row alike, so it never changes the result; it is an input so that the
+    parameters it comes from stay in the autograd graph (their gradient is zero up to rounding).
+    """
+    backends.check_backend_name(backend)
+    check_softmax_pool(x, u, c)
+    impl = backends.resolve(backend, x.device, x.dtype, x.shape[-1])
+    return impl.softmax_pool(x.contiguous(), u.contiguous(), c.contiguous())

@@ -1,0 +1,135 @@
+"""Registration of lstm_attn's ops with torch.library: fake (meta) rules and autograd.
+
+Two ops, each a forward and a backward:
+- attention_layernorm: layer_norm(softmax(q k^T * scale) v + residual). The forward also returns what the
+  backward recomputes from: the attention output before the residual (B, Tq, H, input dtype) and three
+  float32 row statistics (B, Tq): the log-sum-exp of the scaled scores, the LayerNorm mean and rstd.
+- softmax_pool: sum_j softmax_j(x_j . u + c) x_j, the memory-bound middle of the model's exact last-step
+  path. Its forward also returns the log-sum-exp of the scores (B,), float32.
+
+The C++ schemas live in csrc/ops.cpp, with CPU kernels beside them and CUDA kernels in csrc/cuda/; the
+Triton kernels live in lstm_attn.kernels and are registered here as triton_ops under their own names, so
+torch.compile sees through both. This module only registers; backends.py decides which op runs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+try:
+    from lstm_attn import _C  # noqa: F401  (loading it runs the TORCH_LIBRARY registrations)
+
+    EXTENSION_ERROR: str | None = None
+except ImportError as exc:  # a source checkout that was never built, or a build against another torch
+    EXTENSION_ERROR = f"the C++ extension lstm_attn._C did not load ({exc}); reinstall with `pip install --no-build-isolation -e .`"
+
+try:
+    from lstm_attn import kernels as triton_kernels
+
+    TRITON_ERROR: str | None = None
+except ImportError as exc:
+    triton_kernels = None
+    TRITON_ERROR = f"triton is not importable ({exc})"
+
+
+def _attention_layernorm_shapes(q: Tensor, k: Tensor, v: Tensor, residual: Tensor, weight: Tensor, bias: Tensor):
+    torch._check(q.dim() == 3 and k.dim() == 3 and v.dim() == 3, lambda: "q, k, v must be 3-D")
+    torch._check(k.shape == v.shape, lambda: f"k {tuple(k.shape)} and v {tuple(v.shape)} differ")
+    torch._check(residual.shape == q.shape, lambda: f"residual {tuple(residual.shape)} and q {tuple(q.shape)} differ")
+    torch._check(k.shape[0] == q.shape[0] and k.shape[2] == q.shape[2], lambda: "q and k differ in B or H")
+    torch._check(weight.shape == (q.shape[2],) and bias.shape == (q.shape[2],), lambda: "weight, bias must be (H,)")
+
+
+def _row_stats(like: Tensor, *shape) -> Tensor:
+    return like.new_empty(shape, dtype=torch.float32)
+
+
+def _fake_attention_layernorm_fwd(q, k, v, residual, weight, bias, eps, scale):
+    _attention_layernorm_shapes(q, k, v, residual, weight, bias)
+    B, Tq, _ = q.shape
+    return (torch.empty_like(q), torch.empty_like(q), *(_row_stats(q, B, Tq) for _ in range(3)))
+
+
+def _fake_attention_layernorm_bwd(grad_out, q, k, v, residual, weight, attn, lse, mean, rstd, scale):
+    torch._check(grad_out.shape == q.shape, lambda: "grad_out must have the shape of q")
+    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(residual),
+            torch.empty_like(weight), torch.empty_like(weight))
+
+
+def _fake_softmax_pool_fwd(x, u, c):
+    torch._check(x.dim() == 3 and u.shape == (x.shape[0], x.shape[2]) and c.shape == (x.shape[0],),
+                 lambda: "softmax_pool expects x (B, T, H), u (B, H), c (B,)")
+    return x.new_empty((x.shape[0], x.shape[2])), _row_stats(x, x.shape[0])
+
+
+def _fake_softmax_pool_bwd(grad_pooled, x, u, c, pooled, lse):
+    return torch.empty_like(x), torch.empty_like(u), torch.empty_like(c)
+
+
+def _register_attention_layernorm_autograd(fwd_name: str, bwd_op) -> None:
+    def setup_context(ctx, inputs, output):
+        q, k, v, residual, weight, bias, eps, scale = inputs
+        out, attn, lse, mean, rstd = output
+        ctx.mark_non_differentiable(attn, lse, mean, rstd)
+        ctx.save_for_backward(q, k, v, residual, weight, attn, lse, mean, rstd)
+        ctx.scale = scale
+
+    def backward(ctx, grad_out, *_unused_statistics_grads):
+        grads = bwd_op(grad_out.contiguous(), *ctx.saved_tensors, ctx.scale)
+        return (*grads, None, None)
+
+    torch.library.register_autograd(fwd_name, backward, setup_context=setup_context)
+
+
+def _register_softmax_pool_autograd(fwd_name: str, bwd_op) -> None:
+    def setup_context(ctx, inputs, output):
+        x, u, c = inputs
+        pooled, lse = output
+        ctx.mark_non_differentiable(lse)
+        ctx.save_for_backward(x, u, c, pooled, lse)
+
+    def backward(ctx, grad_pooled, _unused_lse_grad):
+        return bwd_op(grad_pooled.contiguous(), *ctx.saved_tensors)
+
+    torch.library.register_autograd(fwd_name, backward, setup_context=setup_context)
+
+
+if EXTENSION_ERROR is None:
+    torch.library.register_fake("lstm_attn::attention_layernorm_fwd")(_fake_attention_layernorm_fwd)
+    torch.library.register_fake("lstm_attn::attention_layernorm_bwd")(_fake_attention_layernorm_bwd)
+    torch.library.register_fake("lstm_attn::softmax_pool_fwd")(_fake_softmax_pool_fwd)
+    torch.library.register_fake("lstm_attn::softmax_pool_bwd")(_fake_softmax_pool_bwd)
+    _register_attention_layernorm_autograd(
+        "lstm_attn::attention_layernorm_fwd", torch.ops.lstm_attn.attention_layernorm_bwd)
+    _register_softmax_pool_autograd("lstm_attn::softmax_pool_fwd", torch.ops.lstm_attn.softmax_pool_bwd)
+
+
+if TRITON_ERROR is None:
+    # triton_op traces its body (allocations plus wrap_triton launches) for torch.compile and runs it under
+    # fake tensors for shapes, so these need no separate fake rule.
+    @torch.library.triton_op("lstm_attn::triton_attention_layernorm_fwd", mutates_args=())
+    def triton_attention_layernorm_fwd(q: Tensor, k: Tensor, v: Tensor, residual: Tensor, weight: Tensor,
+                                       bias: Tensor, eps: float, scale: float
+                                       ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        return triton_kernels.attention_layernorm_fwd(q, k, v, residual, weight, bias, eps, scale)
+
+    @torch.library.triton_op("lstm_attn::triton_attention_layernorm_bwd", mutates_args=())
+    def triton_attention_layernorm_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, residual: Tensor,
+                                       weight: Tensor, attn: Tensor, lse: Tensor, mean: Tensor, rstd: Tensor,
+                                       scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        return triton_kernels.attention_layernorm_bwd(grad_out, q, k, v, residual, weight, attn, lse, mean, rstd,
+                                                      scale)
+
+    @torch.library.triton_op("lstm_attn::triton_softmax_pool_fwd", mutates_args=())
+    def triton_softmax_pool_fwd(x: Tensor, u: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        return triton_kernels.softmax_pool_fwd(x, u, c)
+
+    @torch.library.triton_op("lstm_attn::triton_softmax_pool_bwd", mutates_args=())
+    def triton_softmax_pool_bwd(grad_pooled: Tensor, x: Tensor, u: Tensor, c: Tensor, pooled: Tensor,
+                                lse: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return triton_kernels.softmax_pool_bwd(grad_pooled, x, u, c, pooled, lse)
+
+    _register_attention_layernorm_autograd("lstm_attn::triton_attention_layernorm_fwd",
+                                           torch.ops.lstm_attn.triton_attention_layernorm_bwd)
+    _register_softmax_pool_autograd("lstm_attn::triton_softmax_pool_fwd", torch.ops.lstm_attn.triton_softmax_pool_bwd)

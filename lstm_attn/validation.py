@@ -1,0 +1,83 @@
+"""Input checks shared by every backend, run before any kernel.
+
+Each message names the argument and says what was wrong, so a user reads their mistake instead of a
+shape error from deep inside a kernel (or worse, a silent wrong answer).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def _check_tensor(name: str, t, ndim: int, what: str) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-D {what}, got {t.dim()}-D with shape {tuple(t.shape)}")
+
+
+def _check_same_device_and_dtype(named: dict[str, torch.Tensor]) -> None:
+    first_name, first = next(iter(named.items()))
+    for name, t in named.items():
+        if t.device != first.device:
+            raise ValueError(
+                f"{name} is on {t.device} but {first_name} is on {first.device}: all inputs must be on one device"
+            )
+    for name, t in named.items():
+        if t.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{name} has dtype {t.dtype}; supported dtypes are {', '.join(map(str, FLOAT_DTYPES))}")
+    for name, t in named.items():
+        if t.dtype != first.dtype:
+            raise TypeError(
+                f"{name} has dtype {t.dtype} but {first_name} has {first.dtype}: all inputs must share one dtype"
+            )
+
+
+def _check_positive(name: str, size: int, what: str) -> None:
+    if size == 0:
+        raise ValueError(f"{name} has {what} = 0; it must be at least 1")
+
+
+def check_attention_layernorm(q, k, v, residual, weight, bias, eps, scale) -> None:
+    _check_tensor("q", q, 3, "(B, Tq, H)")
+    _check_tensor("k", k, 3, "(B, Tk, H)")
+    _check_tensor("v", v, 3, "(B, Tk, H)")
+    _check_tensor("residual", residual, 3, "(B, Tq, H)")
+    _check_tensor("weight", weight, 1, "(H,)")
+    _check_tensor("bias", bias, 1, "(H,)")
+    B, Tq, H = q.shape
+    _check_positive("q", Tq, "Tq (dim 1)")
+    _check_positive("q", H, "H (dim 2)")
+    if k.shape[0] != B or k.shape[2] != H:
+        raise ValueError(f"k has shape {tuple(k.shape)}; expected (B={B}, Tk, H={H}) to match q {tuple(q.shape)}")
+    _check_positive("k", k.shape[1], "Tk (dim 1)")
+    if v.shape != k.shape:
+        raise ValueError(f"v has shape {tuple(v.shape)}; expected the shape of k, {tuple(k.shape)}")
+    if residual.shape != q.shape:
+        raise ValueError(f"residual has shape {tuple(residual.shape)}; expected the shape of q, {tuple(q.shape)}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t.shape[0] != H:
+            raise ValueError(f"{name} has shape {tuple(t.shape)}; expected (H,) = ({H},)")
+    _check_same_device_and_dtype({"q": q, "k": k, "v": v, "residual": residual, "weight": weight, "bias": bias})
+    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
+    if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale)):
+        raise ValueError(f"scale must be a finite number (or None for H ** -0.5), got {scale!r}")
+
+
+def check_softmax_pool(x, u, c) -> None:
+    _check_tensor("x", x, 3, "(B, T, H)")
+    _check_tensor("u", u, 2, "(B, H)")
+    _check_tensor("c", c, 1, "(B,)")
+    B, T, H = x.shape
+    _check_positive("x", T, "T (dim 1)")
+    _check_positive("x", H, "H (dim 2)")
+    if u.shape != (B, H):
+        raise ValueError(f"u has shape {tuple(u.shape)}; expected (B, H) = ({B}, {H}) to match x {tuple(x.shape)}")
+    if c.shape != (B,):
+        raise ValueError(f"c has shape {tuple(c.shape)}; expected (B,) = ({B},) to match x {tuple(x.shape)}")
+    _check_same_device_and_dtype({"x": x, "u": u, "c": c})

@@ -1,0 +1,88 @@
+"""Parity of every fast backend of attention_layernorm with the seed's arithmetic, forward and all six gradients."""
+
+import pytest
+import torch
+
+import lstm_attn
+from _backends import fast_backend_params, require_backend
+from _cases import (ATTENTION_LAYERNORM_NAMES, attention_layernorm_inputs, check_op_parity, parity_params,
+                    reference_attention_layernorm)
+
+
+@pytest.mark.parametrize("backend, device, shape, dtype", parity_params())
+def test_parity_with_reference(backend, device, shape, dtype):
+    require_backend(backend, device)
+    B, Tq, Tk, H = shape
+    inputs = attention_layernorm_inputs(B, Tq, Tk, H, dtype, device)
+    grad_out = torch.randn(B, Tq, H, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(device)
+    check_op_parity(lstm_attn.attention_layernorm, reference_attention_layernorm, inputs, grad_out,
+                    {"backend": backend}, ATTENTION_LAYERNORM_NAMES)
+
+
+@pytest.mark.parametrize("backend, device", fast_backend_params())
+def test_explicit_scale_and_eps(backend, device):
+    require_backend(backend, device)
+    inputs = attention_layernorm_inputs(2, 5, 9, 16, torch.float32, device)
+    grad_out = torch.randn(2, 5, 16, dtype=torch.float64).to(device)
+    check_op_parity(lstm_attn.attention_layernorm, reference_attention_layernorm, inputs, grad_out,
+                    {"backend": backend, "scale": 0.37, "eps": 1e-3}, ATTENTION_LAYERNORM_NAMES)
+
+
+@pytest.mark.parametrize("backend, device", fast_backend_params())
+def test_non_contiguous_inputs(backend, device):
+    require_backend(backend, device)
+    q, k, v, residual, weight, bias = attention_layernorm_inputs(3, 6, 11, 24, torch.float32, device)
+    # Views with other strides: a transposed layout, a slice with a step, a strided 1-D parameter.
+    q_t = q.transpose(0, 1).contiguous().transpose(0, 1)
+    k_wide = torch.cat([k, k], dim=-1)[..., ::2]
+    v_wide = torch.cat([v, torch.zeros_like(v)], dim=1)[:, :11]
+    weight_s = torch.stack([weight, weight], dim=1)[:, 0]
+    assert not (q_t.is_contiguous() or k_wide.is_contiguous() or weight_s.is_contiguous())
+    out = lstm_attn.attention_layernorm(q_t, k_wide, v_wide, residual, weight_s, bias, backend=backend)
+    expected = lstm_attn.attention_layernorm(q, k_wide.contiguous(), v, residual, weight, bias, backend="reference")
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend, device", fast_backend_params())
+def test_nan_stays_in_its_batch_row(backend, device):
+    require_backend(backend, device)
+    leaves = [t.requires_grad_(True) for t in attention_layernorm_inputs(3, 4, 9, 16, torch.float32, device)]
+    q, k, v, residual, weight, bias = leaves
+    with torch.no_grad():
+        poisoned = [t.detach().clone() for t in leaves[:4]]
+        for t in poisoned:
+            t[1, 0, 0] = float("nan")
+    poisoned = [t.requires_grad_(True) for t in poisoned]
+    out = lstm_attn.attention_layernorm(*poisoned, weight, bias, backend=backend)
+    out.backward(torch.ones_like(out))
+    clean = lstm_attn.attention_layernorm(*[t.detach() for t in leaves], backend="reference")
+    assert out[1].isnan().any(), "the poisoned row should be NaN"
+    for row in (0, 2):
+        torch.testing.assert_close(out[row], clean[row], rtol=1e-5, atol=1e-5)
+        for t in poisoned:
+            assert torch.isfinite(t.grad[row]).all(), "a NaN in batch row 1 leaked into the gradient of another row"
+
+
+@pytest.mark.parametrize("backend, device", fast_backend_params())
+def test_backward_is_deterministic(backend, device):
+    require_backend(backend, device)
+    inputs = attention_layernorm_inputs(3, 97, 97, 64, torch.float32, device)
+    grad_out = torch.randn(3, 97, 64, dtype=torch.float32).to(device)
+
+    def grads():
+        leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
+        out = lstm_attn.attention_layernorm(*leaves, backend=backend)
+        return torch.autograd.grad(out, leaves, grad_out)
+
+    for name, a, b in zip(ATTENTION_LAYERNORM_NAMES, grads(), grads()):
+        assert torch.equal(a, b), f"grad_{name} differs between two identical backward runs"
+
+
+@pytest.mark.parametrize("backend, device", fast_backend_params())
+def test_empty_batch(backend, device):
+    require_backend(backend, device)
+    leaves = [t.requires_grad_(True) for t in attention_layernorm_inputs(0, 3, 5, 8, torch.float32, device)]
+    out = lstm_attn.attention_layernorm(*leaves, backend=backend)
+    assert out.shape == (0, 3, 8)
+    out.sum().backward()
+    assert leaves[4].grad is not None and torch.equal(leaves[4].grad, torch.zeros_like(leaves[4]))
