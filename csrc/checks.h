@@ -34,7 +34,9 @@ inline void check_attention_layernorm_inputs(const at::Tensor& q, const at::Tens
 }
 
 inline void check_row_stats(const at::Tensor& t, const char* name, const at::Tensor& q) {
-  TORCH_CHECK(t.scalar_type() == at::kFloat, name, " must be float32, got ", t.scalar_type());
+  const auto expected = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK(t.scalar_type() == expected, name, " must be ", expected, " for ", q.scalar_type(), " inputs, got ",
+              t.scalar_type());
   TORCH_CHECK(t.dim() == 2 && t.size(0) == q.size(0) && t.size(1) == q.size(1), name, " has shape ", t.sizes(),
               "; expected (B, Tq) = (", q.size(0), ", ", q.size(1), ")");
   TORCH_CHECK(t.device() == q.device(), name, " is on ", t.device(), " but q is on ", q.device());

@@ -15,7 +15,8 @@ PyObject* PyInit__C(void) {
 
 TORCH_LIBRARY(lstm_attn, m) {
   // out = layer_norm(softmax(q k^T * scale) v + residual). Also returns what backward recomputes from:
-  // attn = softmax(q k^T * scale) v (input dtype) and float32 row statistics lse, mean, rstd (B, Tq).
+  // attn = softmax(q k^T * scale) v (input dtype) and row statistics lse, mean, rstd (B, Tq): float32, or
+  // float64 for float64 inputs.
   m.def(
       "attention_layernorm_fwd(Tensor q, Tensor k, Tensor v, Tensor residual, Tensor weight, Tensor bias, "
       "float eps, float scale) -> (Tensor out, Tensor attn, Tensor lse, Tensor mean, Tensor rstd)");
@@ -23,7 +24,7 @@ TORCH_LIBRARY(lstm_attn, m) {
       "attention_layernorm_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor residual, Tensor weight, "
       "Tensor attn, Tensor lse, Tensor mean, Tensor rstd, float scale) -> (Tensor grad_q, Tensor grad_k, "
       "Tensor grad_v, Tensor grad_residual, Tensor grad_weight, Tensor grad_bias)");
-  // pooled = sum_j softmax_j(x_j . u + c) x_j; lse (B,) float32 is the log-sum-exp of those scores.
+  // pooled = sum_j softmax_j(x_j . u + c) x_j; lse (B,) is the log-sum-exp of those scores (float32; float64 for float64 x).
   m.def("softmax_pool_fwd(Tensor x, Tensor u, Tensor c) -> (Tensor pooled, Tensor lse)");
   m.def(
       "softmax_pool_bwd(Tensor grad_pooled, Tensor x, Tensor u, Tensor c, Tensor pooled, Tensor lse) -> "

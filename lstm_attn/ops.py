@@ -3,9 +3,9 @@
 Two ops, each a forward and a backward:
 - attention_layernorm: layer_norm(softmax(q k^T * scale) v + residual). The forward also returns what the
   backward recomputes from: the attention output before the residual (B, Tq, H, input dtype) and three
-  float32 row statistics (B, Tq): the log-sum-exp of the scaled scores, the LayerNorm mean and rstd.
+  row statistics (B, Tq), float32 (float64 for float64 inputs): the log-sum-exp of the scaled scores, the LayerNorm mean and rstd.
 - softmax_pool: sum_j softmax_j(x_j . u + c) x_j, the memory-bound middle of the model's exact last-step
-  path. Its forward also returns the log-sum-exp of the scores (B,), float32.
+  path. Its forward also returns the log-sum-exp of the scores (B,), float32 (float64 for float64 inputs).
 
 The C++ schemas live in csrc/ops.cpp, with CPU kernels beside them and CUDA kernels in csrc/cuda/; the
 Triton kernels live in lstm_attn.kernels and are registered here as triton_ops under their own names, so
@@ -42,7 +42,8 @@ def _attention_layernorm_shapes(q: Tensor, k: Tensor, v: Tensor, residual: Tenso
 
 
 def _row_stats(like: Tensor, *shape) -> Tensor:
-    return like.new_empty(shape, dtype=torch.float32)
+    # The accumulation type: float64 statistics for float64 inputs, float32 for every other dtype.
+    return like.new_empty(shape, dtype=torch.float64 if like.dtype == torch.float64 else torch.float32)
 
 
 def _fake_attention_layernorm_fwd(q, k, v, residual, weight, bias, eps, scale):
