@@ -1,0 +1,210 @@
+// The CUDA kernels of lstm_attn::attention_layernorm_fwd / _bwd: input checks, allocation, and dispatch to the
+// smallest compiled head-dim bucket that holds H (the kernels themselves are in attention_{fwd,bwd}.cuh).
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <climits>
+#include <tuple>
+
+#include "attention_layernorm.cuh"
+#include "checks.h"
+
+namespace lstm_attn::gpu {
+namespace {
+
+constexpr int64_t kMaxHeadDim = 512;
+
+int bucket_for(int64_t H) { return H <= 32 ? 32 : H <= 64 ? 64 : H <= 128 ? 128 : H <= 256 ? 256 : 512; }
+
+// LSTM_ATTN_HEAD_DIMS may leave buckets out of the build; a larger compiled bucket serves a smaller H (masking).
+void attention_fwd(const AttnFwdParams& p, MmaPath path, cudaStream_t stream) {
+#ifdef LSTM_ATTN_HDIM_32
+  if (p.H <= 32) return attention_fwd_bucket<32>(p, path, stream);
+#endif
+#ifdef LSTM_ATTN_HDIM_64
+  if (p.H <= 64) return attention_fwd_bucket<64>(p, path, stream);
+#endif
+#ifdef LSTM_ATTN_HDIM_128
+  if (p.H <= 128) return attention_fwd_bucket<128>(p, path, stream);
+#endif
+#ifdef LSTM_ATTN_HDIM_256
+  if (p.H <= 256) return attention_fwd_bucket<256>(p, path, stream);
+#endif
+#ifdef LSTM_ATTN_HDIM_512
+  if (p.H <= 512) return attention_fwd_bucket<512>(p, path, stream);
+#endif
+  TORCH_CHECK(false, "lstm_attn: H = ", p.H, " needs the CUDA head-dim bucket ", bucket_for(p.H),
+              " (or a larger one), which this build left out; rebuild with it in LSTM_ATTN_HEAD_DIMS");
+}
+
+void attention_bwd(const AttnBwdParams& p, MmaPath path, cudaStream_t stream) {
+#ifdef LSTM_ATTN_HDIM_32
+  if (p.H <= 32) return attention_bwd_bucket<32>(p, path, stream);
+#endif
+#ifdef LSTM_ATTN_HDIM_64
+  if (p.H <= 64) return attention_bwd_bucket<64>(p, path, stream);
+#endif
+#ifdef LSTM_ATTN_HDIM_128
+  if (p.H <= 128) return attention_bwd_bucket<128>(p, path, stream);
+#endif
+#ifdef LSTM_ATTN_HDIM_256
+  if (p.H <= 256) return attention_bwd_bucket<256>(p, path, stream);
+#endif
+#ifdef LSTM_ATTN_HDIM_512
+  if (p.H <= 512) return attention_bwd_bucket<512>(p, path, stream);
+#endif
+  TORCH_CHECK(false, "lstm_attn: H = ", p.H, " needs the CUDA head-dim bucket ", bucket_for(p.H),
+              " (or a larger one), which this build left out; rebuild with it in LSTM_ATTN_HEAD_DIMS");
+}
+
+// float32 runs on tensor cores (tf32) only where torch.backends.cuda.matmul.allow_tf32 allows it, as cuBLAS does.
+MmaPath mma_path(c10::ScalarType dtype) {
+  switch (dtype) {
+    case c10::ScalarType::Half:
+      return MmaPath::kHalf;
+    case c10::ScalarType::BFloat16:
+      return MmaPath::kBFloat16;
+    default:
+      return at::globalContext().allowTF32CuBLAS() ? MmaPath::kTf32 : MmaPath::kFloat;
+  }
+}
+
+void check_cuda_limits(const at::Tensor& q, const at::Tensor& k) {
+  const auto dtype = q.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
+              "lstm_attn's CUDA kernels support float32, bfloat16 and float16; q has dtype ", dtype,
+              dtype == at::kDouble ? " (float64 runs on the 'cpu' and 'reference' backends)" : "");
+  TORCH_CHECK(q.size(2) <= kMaxHeadDim, "lstm_attn's CUDA kernels support H up to ", kMaxHeadDim,
+              ", got H = ", q.size(2));
+  // Tiles are at least 16 rows; one block per (batch, tile) in a 1-D grid; row indices are int with a tile of
+  // headroom.
+  const int64_t tiles = (std::max(q.size(1), k.size(1)) + 15) / 16;
+  TORCH_CHECK(q.size(1) <= INT_MAX - 64 && k.size(1) <= INT_MAX - 64 && q.size(0) * tiles <= INT_MAX,
+              "lstm_attn's CUDA kernels: q ", q.sizes(), " and k ", k.sizes(), " are too large for one launch");
+}
+
+void check_bias(const at::Tensor& bias, const at::Tensor& q) {
+  TORCH_CHECK(bias.dim() == 1 && bias.size(0) == q.size(2), "bias has shape ", bias.sizes(), "; expected (H,) = (",
+              q.size(2), ",)");
+  check_same(bias, "bias", q, "q");
+}
+
+void check_like_q(const at::Tensor& t, const char* name, const at::Tensor& q) {
+  TORCH_CHECK(t.sizes() == q.sizes(), name, " has shape ", t.sizes(), "; expected the shape of q, ", q.sizes());
+  check_same(t, name, q, "q");
+}
+
+at::Tensor row_stats(const at::Tensor& q) { return at::empty({q.size(0), q.size(1)}, q.options().dtype(at::kFloat)); }
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_layernorm_fwd_cuda(
+    const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& residual_in,
+    const at::Tensor& weight_in, const at::Tensor& bias_in, double eps, double scale) {
+  check_attention_layernorm_inputs(q_in, k_in, v_in, residual_in, weight_in);
+  check_bias(bias_in, q_in);
+  check_cuda_limits(q_in, k_in);
+  const c10::cuda::CUDAGuard guard(q_in.device());
+  const at::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
+  const at::Tensor residual = residual_in.contiguous(), weight = weight_in.contiguous(), bias = bias_in.contiguous();
+
+  at::Tensor out = at::empty(q.sizes(), q.options()), attn = at::empty(q.sizes(), q.options());
+  at::Tensor lse = row_stats(q), mean = row_stats(q), rstd = row_stats(q);
+  if (q.size(0) == 0) return {out, attn, lse, mean, rstd};
+
+  AttnFwdParams p{};
+  p.q = q.data_ptr();
+  p.k = k.data_ptr();
+  p.v = v.data_ptr();
+  p.residual = residual.data_ptr();
+  p.weight = weight.data_ptr();
+  p.bias = bias.data_ptr();
+  p.out = out.data_ptr();
+  p.attn = attn.data_ptr();
+  p.lse = lse.data_ptr<float>();
+  p.mean = mean.data_ptr<float>();
+  p.rstd = rstd.data_ptr<float>();
+  p.B = static_cast<int>(q.size(0));
+  p.Tq = static_cast<int>(q.size(1));
+  p.Tk = static_cast<int>(k.size(1));
+  p.H = static_cast<int>(q.size(2));
+  p.scale = static_cast<float>(scale);
+  p.eps = static_cast<float>(eps);
+  p.vec = rows_16b_aligned(p.H, q.element_size(), {p.q, p.k, p.v});
+  attention_fwd(p, mma_path(q.scalar_type()), c10::cuda::getCurrentCUDAStream());
+  return {out, attn, lse, mean, rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_layernorm_bwd_cuda(
+    const at::Tensor& grad_out_in, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+    const at::Tensor& residual_in, const at::Tensor& weight_in, const at::Tensor& attn_in, const at::Tensor& lse_in,
+    const at::Tensor& mean_in, const at::Tensor& rstd_in, double scale) {
+  check_attention_layernorm_inputs(q_in, k_in, v_in, residual_in, weight_in);
+  check_like_q(grad_out_in, "grad_out", q_in);
+  check_like_q(attn_in, "attn", q_in);
+  check_row_stats(lse_in, "lse", q_in);
+  check_row_stats(mean_in, "mean", q_in);
+  check_row_stats(rstd_in, "rstd", q_in);
+  check_cuda_limits(q_in, k_in);
+  const c10::cuda::CUDAGuard guard(q_in.device());
+  const at::Tensor grad_out = grad_out_in.contiguous(), q = q_in.contiguous(), k = k_in.contiguous();
+  const at::Tensor v = v_in.contiguous(), residual = residual_in.contiguous(), weight = weight_in.contiguous();
+  const at::Tensor attn = attn_in.contiguous(), lse = lse_in.contiguous(), mean = mean_in.contiguous();
+  const at::Tensor rstd = rstd_in.contiguous();
+
+  at::Tensor grad_q = at::empty(q.sizes(), q.options()), grad_k = at::empty(k.sizes(), k.options());
+  at::Tensor grad_v = at::empty(v.sizes(), v.options()), grad_residual = at::empty(q.sizes(), q.options());
+  if (q.size(0) == 0) {  // no rows: the parameter gradients are empty sums
+    return {grad_q, grad_k, grad_v, grad_residual, at::zeros_like(weight), at::zeros_like(weight)};
+  }
+  at::Tensor grad_weight = at::empty(weight.sizes(), weight.options());
+  at::Tensor grad_bias = at::empty(weight.sizes(), weight.options());
+  const int H = static_cast<int>(q.size(2));
+  const c10::ScalarType dtype = q.scalar_type();
+
+  LayerNormBwdParams ln{};
+  ln.grad_out = grad_out.data_ptr();
+  ln.attn = attn.data_ptr();
+  ln.residual = residual.data_ptr();
+  ln.weight = weight.data_ptr();
+  ln.mean = mean.data_ptr<float>();
+  ln.rstd = rstd.data_ptr<float>();
+  ln.rows = q.size(0) * q.size(1);
+  ln.H = H;
+  at::Tensor delta = row_stats(q);
+  at::Tensor partials = at::empty({layernorm_bwd_blocks(ln.rows), 2, H}, q.options().dtype(at::kFloat));
+  ln.grad_residual = grad_residual.data_ptr();
+  ln.delta = delta.data_ptr<float>();
+  ln.partials = partials.data_ptr<float>();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  layernorm_bwd(ln, dtype, stream);
+  layernorm_bwd_reduce(ln.partials, partials.size(0), H, grad_weight.data_ptr(), grad_bias.data_ptr(), dtype, stream);
+
+  AttnBwdParams p{};
+  p.q = q.data_ptr();
+  p.k = k.data_ptr();
+  p.v = v.data_ptr();
+  p.grad_attn = grad_residual.data_ptr();  // dO = dy = grad_residual
+  p.lse = lse.data_ptr<float>();
+  p.delta = delta.data_ptr<float>();
+  p.grad_q = grad_q.data_ptr();
+  p.grad_k = grad_k.data_ptr();
+  p.grad_v = grad_v.data_ptr();
+  p.B = static_cast<int>(q.size(0));
+  p.Tq = static_cast<int>(q.size(1));
+  p.Tk = static_cast<int>(k.size(1));
+  p.H = H;
+  p.scale = static_cast<float>(scale);
+  p.vec = rows_16b_aligned(H, q.element_size(), {p.q, p.k, p.v, p.grad_attn});
+  attention_bwd(p, mma_path(dtype), stream);
+  return {grad_q, grad_k, grad_v, grad_residual, grad_weight, grad_bias};
+}
+
+}  // namespace
+}  // namespace lstm_attn::gpu
+
+TORCH_LIBRARY_IMPL(lstm_attn, CUDA, m) {
+  m.impl("attention_layernorm_fwd", &lstm_attn::gpu::attention_layernorm_fwd_cuda);
+  m.impl("attention_layernorm_bwd", &lstm_attn::gpu::attention_layernorm_bwd_cuda);
+}
