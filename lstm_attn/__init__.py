@@ -5,4 +5,14 @@ from lstm_attn.functional import attention_layernorm, softmax_pool
 
 __version__ = "0.1.0"
 
-__all__ = ["attention_layernorm", "available_backends", "softmax_pool", "__version__"]
+__all__ = ["AttentionLayer", "LSTMWithAttention", "attention_layernorm", "available_backends", "softmax_pool",
+           "__version__"]
+
+
+def __getattr__(name):
+    # The model classes import Lightning: loaded on first use, so `import lstm_attn` and `lstm-attn report` stay light.
+    if name in ("LSTMWithAttention", "AttentionLayer"):
+        from lstm_attn import modules
+
+        return getattr(modules, name)
+    raise AttributeError(f"module 'lstm_attn' has no attribute {name!r}")

@@ -1,0 +1,78 @@
+"""The whole model, forward + backward on CPU: the seed's LSTMWithAttention beside lstm_attn's; and the
+full-output AttentionLayer, the seed's beside ours.
+
+One benchmark group per case, so pytest-benchmark's table puts the models side by side. The issue's goal on a
+2-core CPU: at least 1.4x at T=256 and 2.5x at T=512. "lstm_attn[reference]" is the exact last-step path in
+plain torch, "lstm_attn[cpu]" the same path through the C++ kernel; the LSTM, identical in all of them,
+bounds the speedup. Run: `pytest benchmarks/test_bench_model.py --benchmark-only`.
+"""
+
+import time
+
+import pytest
+import torch
+
+import lstm_attn
+from lstm_attn import reference
+from lstm_attn.modules import AttentionLayer, LSTMWithAttention
+
+CASES = {"model fwd+bwd B=64 T=256 input=8 H=64 layers=2": (64, 256, 8, 64, 2),
+         "model fwd+bwd B=64 T=512 input=8 H=64 layers=2": (64, 512, 8, 64, 2)}
+MODELS = ("seed", "lstm_attn[reference]", "lstm_attn[cpu]")
+ATTENTION_CASE, ATTENTION_SHAPE = "AttentionLayer fwd+bwd B=64 T=256 H=64", (64, 256, 64)  # (B, T, H)
+SECONDS_PER_BENCHMARK, MIN_ROUNDS, MAX_ROUNDS = 3.0, 5, 100
+
+
+def timed(benchmark, group: str, step) -> None:
+    step()  # first-call work (oneDNN primitives, allocations) stays out of the timing
+    start = time.perf_counter()
+    step()
+    rounds = max(MIN_ROUNDS, min(MAX_ROUNDS, int(SECONDS_PER_BENCHMARK / (time.perf_counter() - start))))
+    benchmark.group = group
+    benchmark.extra_info.update(threads=torch.get_num_threads())
+    benchmark.pedantic(step, rounds=rounds, warmup_rounds=1)
+
+
+def build(model: str, input_size: int, hidden_size: int, num_layers: int) -> torch.nn.Module:
+    torch.manual_seed(0)
+    seed = reference.LSTMWithAttention(input_size, hidden_size, num_layers, 0.0)
+    if model == "seed":
+        return seed
+    backend = model.removeprefix("lstm_attn[").removesuffix("]")
+    status = lstm_attn.available_backends("cpu")[backend]
+    if not status.available:
+        pytest.skip(f"backend {backend!r} is unavailable: {status.reason}")
+    ours = LSTMWithAttention(input_size, hidden_size, num_layers, 0.0, backend=backend)
+    ours.load_state_dict(seed.state_dict(), strict=True)
+    return ours
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("case", CASES)
+def test_model_forward_backward(benchmark, case, model):
+    B, T, input_size, hidden_size, num_layers = CASES[case]
+    net = build(model, input_size, hidden_size, num_layers).train()
+    x = torch.randn(B, T, input_size, generator=torch.Generator().manual_seed(1))
+    y = torch.randn(B, 1, generator=torch.Generator().manual_seed(2))
+
+    def step():  # what a training step computes, less the optimizer
+        net.zero_grad(set_to_none=True)
+        net.loss_fn(net(x), y).backward()
+
+    timed(benchmark, case, step)
+
+
+@pytest.mark.parametrize("layer", ("seed", "lstm_attn"))
+def test_attention_layer_forward_backward(benchmark, layer):
+    B, T, H = ATTENTION_SHAPE
+    torch.manual_seed(0)
+    net = reference.AttentionLayer(H) if layer == "seed" else AttentionLayer(H)
+    x = torch.randn(B, T, H, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    grad = torch.randn(B, T, H, generator=torch.Generator().manual_seed(2))
+
+    def step():
+        net.zero_grad(set_to_none=True)
+        x.grad = None
+        net(x).backward(grad)
+
+    timed(benchmark, ATTENTION_CASE, step)

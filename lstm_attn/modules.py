@@ -1,0 +1,122 @@
+"""LSTMWithAttention and AttentionLayer: the seed's classes (lstm_attn.reference), computed fast.
+
+Constructor arguments, submodules and state_dict keys are the seed's, so a checkpoint moves both ways
+with load_state_dict(strict=True); the one addition is `backend`, which picks the kernels of
+lstm_attn.softmax_pool / lstm_attn.attention_layernorm and nothing else.
+
+The seed's forward reads only the last row of the attention output. For that row attention collapses,
+exactly, to a softmax-weighted mean of the LSTM output (AttentionLayer.last_step), so the model never
+builds K, V or the (T, T) scores: O(B*T*H + B*H^2) instead of O(B*T*H^2 + B*T^2*H).
+"""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn import LayerNorm
+
+from lstm_attn.backends import check_backend_name
+from lstm_attn.functional import attention_layernorm, softmax_pool
+
+
+def _kernel_backend(backend: str) -> str:
+    # An ONNX graph must hold standard ops only; the reference backend is plain torch, which every exporter
+    # lowers to them. Eager, compiled and trained models keep the backend they were given.
+    return "reference" if torch.onnx.is_in_onnx_export() else backend
+
+
+class AttentionLayer(nn.Module):
+    """The seed's single-head self-attention: softmax(Q K^T * scale) V with Q, K, V linear in x."""
+
+    def __init__(self, hidden_size, backend="auto"):
+        super().__init__()
+        check_backend_name(backend)
+        self.query = nn.Linear(hidden_size, hidden_size)
+        self.key = nn.Linear(hidden_size, hidden_size)
+        self.value = nn.Linear(hidden_size, hidden_size)
+        self.scale = hidden_size**-0.5
+        self.backend = backend
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The full attention output, (B, T, H) -> (B, T, H), as the seed's."""
+        q, k, v = self.query(x), self.key(x), self.value(x)
+        if _kernel_backend(self.backend) == "reference":
+            weights = torch.softmax(torch.matmul(q, k.transpose(-2, -1)) * self.scale, dim=-1)
+            return torch.matmul(weights, v)
+        # Seen as one head of a 4-D batch, the CPU and GPU flash kernels take it: they never store the
+        # (T, T) weights, unlike the 3-D path, which falls back to the unfused math.
+        out = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), scale=self.scale)
+        return out.squeeze(1)
+
+    def last_step(self, x: Tensor) -> Tensor:
+        """forward(x)[:, -1], (B, T, H) -> (B, H), in O(T*H + H^2) per batch row.
+
+        With q = Wq x_T + bq, the score of step j is scale * q.(Wk x_j + bk) = (scale Wk^T q).x_j + scale q.bk.
+        The second term is the same for every j, so the softmax ignores it; and since the weights sum to 1,
+        sum_j p_j (Wv x_j + bv) = Wv (sum_j p_j x_j) + bv. The key bias still enters through that constant
+        term, so it stays in the autograd graph (its gradient zero up to rounding, as in the seed) and
+        DistributedDataParallel finds every parameter used.
+        """
+        q = self.query(x[:, -1])
+        u = self.scale * torch.matmul(q, self.key.weight)
+        c = self.scale * (q * self.key.bias).sum(-1)
+        pooled = softmax_pool(x, u.to(x.dtype), c.to(x.dtype), backend=_kernel_backend(self.backend))
+        return self.value(pooled)
+
+
+class LSTMWithAttention(pl.LightningModule):
+    """The seed's model: LSTM -> self-attention -> residual LayerNorm -> linear head on the last step."""
+
+    def __init__(self, input_size, hidden_size, num_layers, dropout, output_size=1, backend="auto"):
+        super().__init__()
+        self.save_hyperparameters()
+        self.lstm = nn.LSTM(
+            input_size=input_size,
+            hidden_size=hidden_size,
+            num_layers=num_layers,
+            dropout=dropout,
+            batch_first=True,
+        )
+        self.attention = AttentionLayer(hidden_size, backend=backend)
+        self.layer_norm = LayerNorm(hidden_size)
+        self.fc = nn.Linear(hidden_size, output_size)
+        self.loss_fn = nn.MSELoss()
+
+    def forward(self, x: Tensor) -> Tensor:
+        lstm_out, _ = self.lstm(x)
+        last = lstm_out[:, -1]
+        return self.fc(self.layer_norm(self.attention.last_step(lstm_out) + last))
+
+    def sequence_features(self, x: Tensor) -> Tensor:
+        """layer_norm(attention(h) + h) at every step, h the LSTM output: (B, T, input) -> (B, T, H).
+
+        The seed computes this whole tensor and keeps its last row; forward needs only that row. This is for
+        callers who want every step, through the fused attention + residual + LayerNorm op.
+        """
+        h, _ = self.lstm(x)
+        attention = self.attention
+        # Under autocast the Linear outputs and the LSTM output may be in a lower precision than LayerNorm's
+        # parameters; the fused op takes one dtype, that of the sequence it streams (it accumulates in float32).
+        q, k, v = (proj(h).to(h.dtype) for proj in (attention.query, attention.key, attention.value))
+        norm = self.layer_norm
+        return attention_layernorm(q, k, v, h, norm.weight.to(h.dtype), norm.bias.to(h.dtype),
+                                   eps=norm.eps, scale=attention.scale, backend=_kernel_backend(attention.backend))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        y_hat = self(x)
+        loss = self.loss_fn(y_hat, y)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        y_hat = self(x)
+        loss = self.loss_fn(y_hat, y)
+        self.log("val_loss", loss)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=0.001)

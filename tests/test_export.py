@@ -1,0 +1,116 @@
+"""ONNX export (torch.onnx.export, Lightning's to_onnx, `lstm-attn export`) and checkpoint loading errors."""
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from lstm_attn import cli, reference
+from lstm_attn.modules import LSTMWithAttention
+from lstm_attn.training.checkpoint import CheckpointError, load_model
+from test_modules import model_backend_params, require
+
+DYNAMIC_AXES = {"x": {0: "batch", 1: "time"}, "y": {0: "batch"}}
+# (batch, time) pairs other than the traced one, T = 1 included: the axes must really be dynamic.
+RUN_SHAPES = [(1, 1), (3, 7), (5, 40)]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_lstm_dispatch():
+    """torch 2.13's ONNX exporter swaps in an export-friendly aten.lstm kernel by editing the op's py_kernels
+    without clearing its dispatch cache, so the second export of any nn.LSTM in a process traces a stale
+    kernel and fixes the time axis. Each test here exports once more in the same process: clear that cache.
+    (One export per process, as `lstm-attn export` does, never meets it.)"""
+    getattr(torch.ops.aten.lstm.input, "_dispatch_cache", {}).clear()
+
+
+def assert_onnx_reproduces(model, path, input_size):
+    graph = onnx.load(str(path))
+    onnx.checker.check_model(graph)
+    custom = {node.domain for node in graph.graph.node} - {"", "ai.onnx"}
+    assert not custom, f"nodes from custom domains {custom}: the graph is not standard ONNX"
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch, time in RUN_SHAPES:
+        x = torch.randn(batch, time, input_size)
+        (got,) = session.run(None, {"x": x.numpy()})
+        with torch.no_grad():
+            want = model(x).numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=f"batch={batch} time={time}")
+
+
+@pytest.mark.parametrize("backend, device", [p for p in model_backend_params() if p.values[1] == "cpu"])
+def test_torch_onnx_export_gives_standard_ops_with_dynamic_axes(tmp_path, backend, device):
+    require(backend, device)
+    torch.manual_seed(0)
+    model = LSTMWithAttention(3, 16, 2, 0.1, backend=backend).eval()
+    path = tmp_path / "model.onnx"
+    torch.onnx.export(model, (torch.randn(2, 9, 3),), str(path), input_names=["x"], output_names=["y"],
+                      dynamic_axes=DYNAMIC_AXES)
+    assert_onnx_reproduces(model, path, 3)
+
+
+def test_lightning_to_onnx(tmp_path):
+    torch.manual_seed(0)
+    model = LSTMWithAttention(2, 8, 1, 0.0).eval()
+    path = tmp_path / "model.onnx"
+    model.to_onnx(path, torch.randn(2, 5, 2), input_names=["x"], output_names=["y"], dynamic_axes=DYNAMIC_AXES)
+    assert_onnx_reproduces(model, path, 2)
+
+
+def lightning_checkpoint(model, path):
+    """A real Trainer checkpoint after one optimizer step on random data."""
+    data = TensorDataset(torch.randn(8, 6, model.lstm.input_size), torch.randn(8, 1))
+    trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu")
+    trainer.fit(model, DataLoader(data, batch_size=4))
+    trainer.save_checkpoint(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    return lightning_checkpoint(LSTMWithAttention(2, 8, 2, 0.0), tmp_path_factory.mktemp("ckpt") / "model.ckpt")
+
+
+def test_export_command_writes_a_checked_onnx_file(tmp_path, checkpoint, capsys):
+    out = tmp_path / "exported.onnx"
+    assert cli.main(["export", str(checkpoint), "-o", str(out), "--window", "4"]) == 0
+    assert "onnxruntime reproduces the model" in capsys.readouterr().out
+    model = load_model(checkpoint)
+    reloaded = LSTMWithAttention.load_from_checkpoint(checkpoint, weights_only=True)
+    for name, value in reloaded.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name
+    assert_onnx_reproduces(model, out, 2)
+
+
+class NotATensor:
+    pass
+
+
+def seed_checkpoint(path):
+    torch.manual_seed(0)
+    return lightning_checkpoint(reference.LSTMWithAttention(2, 8, 1, 0.0), path)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p, ckpt: p, "does not exist"),
+    (lambda p, ckpt: p.write_bytes(ckpt.read_bytes()[:2000]) and p, "not a torch checkpoint.*corrupt, truncated"),
+    (lambda p, ckpt: p.write_text("week,co2\n1,315.0\n") and p, "not a torch checkpoint"),
+    (lambda p, ckpt: torch.save(LSTMWithAttention(2, 8, 2, 0.0).state_dict(), p) or p, "has no 'state_dict'"),
+    (lambda p, ckpt: torch.save({"state_dict": {}, "extra": NotATensor()}, p) or p, "weights_only loading refused"),
+    (lambda p, ckpt: seed_checkpoint(p), "lacks the hyperparameters input_size, hidden_size"),
+    (lambda p, ckpt: torch.save({**torch.load(ckpt, weights_only=True),
+                                 "hyper_parameters": {"input_size": 2, "hidden_size": 9, "num_layers": 2,
+                                                      "dropout": 0.0}}, p) or p, "do not fit LSTMWithAttention"),
+], ids=["missing", "truncated", "csv", "plain-state-dict", "pickled-object", "seed-checkpoint", "wrong-size"])
+def test_bad_checkpoints_are_clear_errors(tmp_path, checkpoint, capsys, make, message):
+    path = make(tmp_path / "bad.ckpt", checkpoint)
+    with pytest.raises(CheckpointError, match=message):
+        load_model(path)
+    assert cli.main(["export", str(path)]) == 2
+    assert "lstm-attn export: error:" in capsys.readouterr().err
+    assert not path.with_suffix(".onnx").exists()
