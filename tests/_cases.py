@@ -48,16 +48,15 @@ def attention_layernorm_inputs(B, Tq, Tk, H, dtype, device, seed=0):
             randn(H, scale=0.5, shift=1.0), randn(H, scale=0.5))
 
 
-def check_op_parity(op, ref_op, inputs, grad_out, kwargs=None, names=None):
-    """Forward and every gradient of op(*inputs) against ref_op in float64 (and in the inputs' dtype when
-    that is a low precision, for the 2x rule)."""
-    kwargs = kwargs or {}
+def check_op_parity(op, ref_op, inputs, grad_out, names=None):
+    """Forward and every gradient of op(*inputs) against ref_op(*inputs) in float64 (and in the inputs' dtype
+    when that is a low precision, for the 2x rule)."""
     names = names or [f"input{i}" for i in range(len(inputs))]
     dtype = inputs[0].dtype
 
     def run(fn, tensors):
         leaves = [t.detach().clone().requires_grad_(True) for t in tensors]
-        out = fn(*leaves, **kwargs)
+        out = fn(*leaves)
         grads = torch.autograd.grad(out, leaves, grad_out.to(out.dtype))
         return [out, *grads]
 

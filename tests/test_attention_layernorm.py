@@ -1,5 +1,7 @@
 """Parity of every fast backend of attention_layernorm with the seed's arithmetic, forward and all six gradients."""
 
+from functools import partial
+
 import pytest
 import torch
 
@@ -15,8 +17,8 @@ def test_parity_with_reference(backend, device, shape, dtype):
     B, Tq, Tk, H = shape
     inputs = attention_layernorm_inputs(B, Tq, Tk, H, dtype, device)
     grad_out = torch.randn(B, Tq, H, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(device)
-    check_op_parity(lstm_attn.attention_layernorm, reference_attention_layernorm, inputs, grad_out,
-                    {"backend": backend}, ATTENTION_LAYERNORM_NAMES)
+    check_op_parity(partial(lstm_attn.attention_layernorm, backend=backend), reference_attention_layernorm, inputs,
+                    grad_out, ATTENTION_LAYERNORM_NAMES)
 
 
 @pytest.mark.parametrize("backend, device", fast_backend_params())
@@ -24,8 +26,9 @@ def test_explicit_scale_and_eps(backend, device):
     require_backend(backend, device)
     inputs = attention_layernorm_inputs(2, 5, 9, 16, torch.float32, device)
     grad_out = torch.randn(2, 5, 16, dtype=torch.float64).to(device)
-    check_op_parity(lstm_attn.attention_layernorm, reference_attention_layernorm, inputs, grad_out,
-                    {"backend": backend, "scale": 0.37, "eps": 1e-3}, ATTENTION_LAYERNORM_NAMES)
+    check_op_parity(partial(lstm_attn.attention_layernorm, backend=backend, scale=0.37, eps=1e-3),
+                    partial(reference_attention_layernorm, scale=0.37, eps=1e-3), inputs, grad_out,
+                    ATTENTION_LAYERNORM_NAMES)
 
 
 @pytest.mark.parametrize("backend, device", fast_backend_params())

@@ -1,0 +1,190 @@
+#!/usr/bin/env bash
+# The one GPU check, in one go: build the extension, memcheck one small CUDA forward+backward, run the GPU-marked
+# tests, the benchmark sweep and the model baselines, and print the summary table last. About 6-7 minutes on an H100.
+#
+#   benchmarks/device_check.sh [OUT]        (or OUT=... in the environment; default ./device-check-out)
+#
+# Writes at most 8 files into OUT: device_check.log, pytest-gpu.log, sanitizer.log, bench-<gpu>-<date>.json,
+# model-<gpu>-<date>.json, summary-<gpu>-<date>.md and its -speedup.png and -tflops.png.
+# Every step runs under `timeout`; a step that fails or runs out of time is reported and the next one runs.
+# The exit status is 0 only if every step passed. Without a GPU it says so, runs the CPU parts (build, a quick
+# CPU sweep, the report) and exits 0 if those passed.
+#
+# Environment: BUDGET_S (default 420) seconds for the whole script; PYTHON (default python3); MAX_JOBS (16);
+# TORCH_CUDA_ARCH_LIST (default: this GPU's); LSTM_ATTN_GIT_COMMIT, recorded in the results (the device's copy
+# of the tree may have no .git).
+set -uo pipefail
+
+SELF="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
+REPO="$(dirname "$(dirname "$SELF")")"
+PY="${PYTHON:-python3}"
+
+# Internal steps, run by the script itself under `timeout` (which cannot run shell functions).
+case "${1:-}" in
+__build)
+    trap 'exit 130' INT  # out of time: stop here, do not fall through to the in-place build
+    # --no-index: the GPU machine has no network, so pip must never try to fetch; --no-build-isolation builds
+    # against the torch installed there.
+    if PIP_BREAK_SYSTEM_PACKAGES=1 "$PY" -m pip install --no-build-isolation --no-deps --no-index -e "$REPO"; then
+        exit 0
+    fi
+    echo "pip's editable install failed; building in place instead"
+    cd "$REPO" && "$PY" setup.py build_ext --inplace || exit 1
+    # In place, lstm_attn.kernels (installed from kernels/ by the package-dir mapping) needs a link.
+    [ -e lstm_attn/kernels ] || ln -s ../kernels lstm_attn/kernels
+    exit 0 ;;
+__memcheck)
+    exec "$PY" - <<'PY'
+import torch
+import lstm_attn
+
+status = lstm_attn.available_backends("cuda")["cuda"]
+assert status.available, f"backend 'cuda' is unavailable: {status.reason}"
+torch.manual_seed(0)
+
+
+def t(dtype, *shape):
+    return torch.randn(*shape, device="cuda", dtype=dtype, requires_grad=True)
+
+
+# Tails in every dimension (Tq, Tk not multiples of any tile), two head-dim buckets, and an empty batch.
+for dtype in (torch.float32, torch.bfloat16):
+    for B, Tq, Tk, H in ((2, 37, 53, 64), (1, 5, 130, 128), (0, 4, 4, 64)):
+        q, k, v, residual = t(dtype, B, Tq, H), t(dtype, B, Tk, H), t(dtype, B, Tk, H), t(dtype, B, Tq, H)
+        out = lstm_attn.attention_layernorm(q, k, v, residual, t(dtype, H), t(dtype, H), backend="cuda")
+        out.backward(torch.randn_like(out))
+    x, u, c = t(dtype, 3, 41, 64), t(dtype, 3, 64), t(dtype, 3)
+    pooled = lstm_attn.softmax_pool(x, u, c, backend="cuda")
+    pooled.backward(torch.randn_like(pooled))
+torch.cuda.synchronize()
+print("memcheck script: attention_layernorm and softmax_pool forward+backward ran on backend 'cuda'")
+PY
+    ;;
+esac
+
+OUT="${1:-${OUT:-$PWD/device-check-out}}"
+mkdir -p "$OUT" || { echo "cannot create the output folder $OUT"; exit 2; }
+OUT="$(cd "$OUT" && pwd)"
+BUDGET_S="${BUDGET_S:-420}"
+export PYTHONUNBUFFERED=1 MAX_JOBS="${MAX_JOBS:-16}"
+# Each Triton config compiles in seconds; benchmarking every config of every kernel for every shape would take
+# most of the budget, so by default a check uses each table's first (Hopper default) config. The results record it.
+export LSTM_ATTN_TRITON_AUTOTUNE="${LSTM_ATTN_TRITON_AUTOTUNE:-0}"
+exec > >(tee -a "$OUT/device_check.log") 2>&1
+TEE_PID=$!
+cd "$REPO" || exit 2
+
+RESULTS=()
+FAILED=0
+
+# limit_for CAP RESERVE: seconds a step may take, at most CAP, leaving RESERVE of the budget for the steps after it.
+limit_for() {
+    local left=$((BUDGET_S - SECONDS - $2))
+    echo $(($1 < left ? $1 : left))
+}
+
+# step NAME CAP RESERVE LOG CMD...: run CMD under `timeout` for limit_for CAP RESERVE seconds; LOG is a file in
+# OUT that gets the step's output too ("-" for none).
+step() {
+    local name="$1" cap="$2" reserve="$3" log="$4"
+    shift 4
+    local limit
+    limit=$(limit_for "$cap" "$reserve")
+    if ((limit < 15)); then
+        echo "== $name: skipped, the time budget is spent"
+        RESULTS+=("$name: SKIPPED (time budget spent)")
+        FAILED=1
+        return 1
+    fi
+    echo "== [${SECONDS}s] $name (limit ${limit}s)"
+    local start=$SECONDS rc
+    if [ "$log" = "-" ]; then
+        timeout --signal=INT --kill-after=10 "$limit" "$@"
+    else
+        timeout --signal=INT --kill-after=10 "$limit" "$@" 2>&1 | tee "$OUT/$log"
+    fi
+    rc=$?
+    local took=$((SECONDS - start))
+    if ((rc == 0)); then
+        RESULTS+=("$name: ok (${took}s)")
+    elif ((rc == 124 || rc == 137)); then
+        RESULTS+=("$name: TIMED OUT after ${took}s")
+        FAILED=1
+    else
+        RESULTS+=("$name: FAILED with status $rc (${took}s)")
+        FAILED=1
+    fi
+    return "$rc"
+}
+
+echo "== device_check.sh in $REPO, output in $OUT, budget ${BUDGET_S}s, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+HAS_GPU=0
+if "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    HAS_GPU=1
+    command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+    export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-$("$PY" -c \
+        "import torch; print('%d.%d' % torch.cuda.get_device_capability())")}" LSTM_ATTN_CUDA=1
+else
+    echo "== no CUDA GPU is visible to torch: running the CPU parts only (build, quick CPU sweep, report)"
+fi
+"$PY" -c "import sys, torch; print('python', sys.version.split()[0], '| torch', torch.__version__, '| CUDA', \
+torch.version.cuda)"
+"$PY" -c "import triton; print('triton', triton.__version__)" 2>/dev/null || echo "triton: not importable"
+
+# The reserves keep time for the sweep (120 s), the model baselines (45 s) and the report (15 s), whatever came
+# before: when time runs short, the memcheck and the GPU tests are cut first.
+step "build" 200 180 - "$SELF" __build
+step "import" 30 180 - "$PY" -c "import lstm_attn; print({k: repr(v) for k, v in \
+lstm_attn.available_backends('cuda' if $HAS_GPU else 'cpu').items()})"
+
+DEVICE=$([ $HAS_GPU = 1 ] && echo cuda || echo cpu)
+SLUG=$("$PY" -c "from lstm_attn.bench.env import device_slug; print(device_slug('$DEVICE'))" 2>/dev/null \
+    || echo "$DEVICE-unknown")
+DATE=$(date -u +%Y-%m-%d)
+BENCH_JSON="$OUT/bench-$SLUG-$DATE.json"
+MODEL_JSON="$OUT/model-$SLUG-$DATE.json"
+STEM="summary-$SLUG-$DATE"
+
+if [ $HAS_GPU = 1 ]; then
+    SANITIZER="$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")"
+    [ -x "$SANITIZER" ] || echo "compute-sanitizer not found (looked on PATH and at $SANITIZER)"
+    # Without the caching allocator every tensor is its own allocation, so memcheck sees out-of-bounds accesses
+    # that would otherwise land inside a larger cached block.
+    step "compute-sanitizer memcheck" 90 180 sanitizer.log env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
+        "$SANITIZER" --tool memcheck --error-exitcode 1 --print-limit 20 bash "$SELF" __memcheck
+    # Spread over processes (pytest-xdist, where installed): most of this step is compiling Triton kernels, one
+    # at a time per process; a CUDA fault also stays inside the worker that met it.
+    XDIST=$("$PY" -c "import xdist" 2>/dev/null && echo "-n 8" || true)
+    step "pytest -m gpu" 150 180 pytest-gpu.log "$PY" -m pytest tests -m gpu -q -rs -p no:cacheprovider $XDIST
+    # Each bench starts no new group some seconds before its limit, so it ends on its own with its JSON written
+    # (it also rewrites the file after every group, so a kill loses one group at most).
+    limit=$(limit_for 200 60)
+    step "sweep" 200 60 - "$PY" -m lstm_attn.cli bench --device cuda --out "$BENCH_JSON" \
+        --time-budget $((limit > 50 ? limit - 35 : 15))
+    limit=$(limit_for 80 15)
+    step "model baselines" 80 15 - "$PY" -m lstm_attn.cli bench --device cuda --cases model_step \
+        --out "$MODEL_JSON" --time-budget $((limit > 35 ? limit - 20 : 15))
+else
+    step "sweep (quick, CPU)" 120 15 - "$PY" -m lstm_attn.cli bench --device cpu --quick --out "$BENCH_JSON"
+fi
+
+JSONS=()
+for f in "$BENCH_JSON" "$MODEL_JSON"; do [ -f "$f" ] && JSONS+=("$f"); done
+if ((${#JSONS[@]})); then
+    step "report" 30 0 - "$PY" -m lstm_attn.cli report "${JSONS[@]}" --out "$OUT" --stem "$STEM" --quiet
+else
+    RESULTS+=("report: SKIPPED (no result file was written)")
+    FAILED=1
+fi
+
+echo
+echo "== steps (${SECONDS}s in all; outputs in $OUT)"
+printf '  %s\n' "${RESULTS[@]}"
+[ $HAS_GPU = 1 ] || echo "  no GPU here: the GPU steps (memcheck, GPU tests, GPU sweep, model baselines) did not run"
+if [ -f "$OUT/$STEM.md" ]; then
+    echo
+    cat "$OUT/$STEM.md"
+fi
+exec >&- 2>&-
+wait "$TEE_PID"  # the log is complete when the script ends
+exit $FAILED

@@ -1,0 +1,40 @@
+"""The device's own ceilings, measured at the start of a run: memory bandwidth and matrix rate.
+
+Each row's GB/s and TFLOP/s are reported as a fraction of these, so a number says how close a kernel
+comes to what this very device did a minute earlier, not to a datasheet.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lstm_attn.bench.timing import Budget, measure
+
+# Sizes large enough to reach steady state, small enough to stay well under five seconds in all.
+_COPY_BYTES = {"cuda": 2**30, "cpu": 2**28}
+_MATMUL_N = {"cuda": 8192, "cpu": 2048}
+_QUICK_DIVISOR = 4
+_BUDGET = Budget(warmup_ms=20, rep_ms=100, min_reps=3, max_reps=50)
+
+
+def measure_ceilings(device: torch.device, dtypes: list[torch.dtype], quick: bool = False) -> dict:
+    copy_bytes = _COPY_BYTES[device.type] // (_QUICK_DIVISOR if quick else 1)
+    src = torch.empty(copy_bytes, dtype=torch.uint8, device=device).random_()
+    dst = torch.empty_like(src)
+    copy = measure(lambda i: dst.copy_(src), device, budget=_BUDGET)
+    del src, dst
+
+    n = _MATMUL_N[device.type] // (_QUICK_DIVISOR if quick else 1)
+    matmul = {}
+    for dtype in dtypes:
+        a = torch.randn(n, n, device=device).to(dtype)
+        b = torch.randn(n, n, device=device).to(dtype)
+        t = measure(lambda i: torch.mm(a, b), device, budget=_BUDGET)
+        matmul[str(dtype).removeprefix("torch.")] = 2 * n**3 / (t.p50 * 1e-3) / 1e12
+    return {
+        "copy_gbps": 2 * copy_bytes / (copy.p50 * 1e-3) / 1e9,
+        "matmul_tflops": matmul,
+        "method": (f"copy: median time of dst.copy_(src) on {copy_bytes / 2**20:.0f} MiB, counting bytes read + "
+                   f"written; matmul: median time of torch.mm on {n}x{n} matrices, 2*n^3 FLOPs, float32 at "
+                   f"torch's matmul precision {torch.get_float32_matmul_precision()!r}"),
+    }

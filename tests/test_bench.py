@@ -1,0 +1,208 @@
+"""The benchmark suite itself: its FLOP/byte model, its JSON schema, parity before timing, the report, bad input."""
+
+import copy
+import json
+
+import pytest
+import torch
+
+from lstm_attn import reference
+from lstm_attn.bench import cases, schema
+from lstm_attn.bench.cases import op_work
+from lstm_attn.cli import main
+
+TINY = ["bench", "--device", "cpu", "--quick", "--tokens", "64", "--T", "16,32", "--H", "8"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny shapes gain nothing from threads, and on a busy machine OpenMP's waiting threads can stall each call
+    # for a second: one thread keeps these tests fast wherever they run.
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+def test_flop_and_byte_model_on_hand_computed_cases():
+    # B=2, Tq=Tk=3, H=4, float32: attention 4*2*3*3*4 = 288 FLOPs, 24 elements of (B, Tq, H).
+    assert op_work("fwd", 2, 3, 3, 4, 4) == cases.Work(288 + 8 * 24, 4 * (3 * 24 + 2 * 24 + 2 * 4))
+    assert op_work("fwd", 2, 3, 3, 4, 4) == cases.Work(480, 512)
+    assert op_work("bwd", 2, 3, 3, 4, 4) == cases.Work(720 + 16 * 24, 4 * (5 * 24 + 4 * 24 + 3 * 4))
+    assert op_work("fwd+bwd", 2, 3, 3, 4, 4) == cases.Work(1584, 1424)
+    # Tq != Tk, 2-byte dtype: B=1, Tq=2, Tk=5, H=3 -> attention 120, q 6 and k 15 elements.
+    assert op_work("fwd", 1, 2, 5, 3, 2) == cases.Work(168, 108)
+    assert op_work("bwd", 1, 2, 5, 3, 2) == cases.Work(396, 198)
+    with pytest.raises(ValueError, match="pass must be one of"):
+        op_work("sideways", 1, 1, 1, 1, 4)
+
+
+def _sweep(tmp_path, *extra):
+    out = tmp_path / "result.json"
+    assert main([*TINY, "--out", str(out), *extra]) == 0
+    return schema.load(out)
+
+
+def test_sweep_writes_one_schema_with_speedups_and_rates(tmp_path):
+    doc = _sweep(tmp_path, "--backends", "reference,sdpa", "--passes", "fwd,fwd+bwd")
+    assert doc["schema"] == schema.SCHEMA
+    assert {"device", "torch", "triton", "version", "git_commit", "timestamp"} <= doc["env"].keys()
+    assert doc["ceilings"]["copy_gbps"] > 0 and doc["ceilings"]["matmul_tflops"]["float32"] > 0
+    assert "4*B*Tq*Tk*H" in doc["models"]["attention_layernorm"]
+    rows = doc["rows"]
+    assert len(rows) == 2 * 2 * 2  # T values x passes x providers
+    for row in rows:
+        assert row["status"] == "ok", row["status"]
+        assert row["ms_p20"] <= row["ms_p50"] <= row["ms_p80"]
+        assert row["shape"]["B"] * row["shape"]["T"] == row["tokens"] == 64
+        assert row["flops"] == op_work(row["pass"], row["shape"]["B"], row["shape"]["T"], row["shape"]["T"], 8, 4).flops
+        assert row["tflops"] == pytest.approx(row["flops"] / (row["ms_p50"] * 1e-3) / 1e12)
+        assert row["gbps_fraction"] == pytest.approx(row["gbps"] / doc["ceilings"]["copy_gbps"])
+        assert row["best_peer"] in ("reference", "sdpa") and row["speedup_vs_best_peer"] > 0
+        if row["backend"] == "reference":
+            assert row["speedup_vs_reference"] == 1.0 and row["parity_err"] is None
+        else:
+            assert row["parity_err"] < 1e-5
+    broken = copy.deepcopy(doc)
+    broken["rows"][0]["ms_p50"] = None
+    with pytest.raises(schema.SchemaError, match=r"rows\[0\] has status 'ok' but no ms_p50"):
+        schema.validate(broken, "broken")
+
+
+def test_model_step_times_the_seed_beside_ours_after_checking_ours(tmp_path):
+    out = tmp_path / "model.json"
+    assert main(["bench", "--device", "cpu", "--quick", "--cases", "model_step", "--model-shapes", "2x8",
+                 "--out", str(out)]) == 0
+    rows = schema.load(out)["rows"]
+    by = {(r["pass"], r["backend"]): r for r in rows}
+    assert {p for p, _ in by} == {"step", "lstm", "attention"}
+    assert by[("lstm", "seed")]["status"] == "ok" and by[("step", "seed")]["speedup_vs_reference"] == 1.0
+    for pass_ in ("step", "attention"):
+        ours = by[(pass_, "ours-reference")]
+        assert ours["status"] == "ok", ours["status"]
+        assert ours["parity_err"] is not None and ours["speedup_vs_reference"] > 0
+
+
+class _Counted:
+    def __init__(self, fn):
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, *args):
+        self.calls += 1
+        return self.fn(*args)
+
+
+def _off_by_one_percent(q, k, v, residual, weight, bias):
+    return reference.attention_layernorm(q, k, v, residual, weight, bias) * 1.01
+
+
+def _wrong_gradient(q, k, v, residual, weight, bias):
+    out = reference.attention_layernorm(q, k, v, residual, weight, bias)
+    return out + 0.5 * (out - out.detach())  # the right values, gradients 1.5 times too large
+
+
+@pytest.mark.parametrize("wrong, passes, refused", [
+    (_off_by_one_percent, "fwd", {"fwd"}),
+    (_wrong_gradient, "fwd,fwd+bwd", {"fwd+bwd"}),
+], ids=["wrong-output", "wrong-gradient"])
+def test_a_wrong_backend_is_refused_and_never_timed(tmp_path, monkeypatch, wrong, passes, refused):
+    counted = _Counted(wrong)
+    monkeypatch.setitem(cases.PROVIDERS, "wrong", cases.Provider("wrong", "ours", lambda: counted,
+                                                                    lambda device, dtype, H: None))
+    doc = _sweep(tmp_path, "--backends", "reference,wrong", "--T", "16", "--passes", passes)
+    rows = {row["pass"]: row for row in doc["rows"] if row["backend"] == "wrong"}
+    for pass_, row in rows.items():
+        if pass_ in refused:
+            assert row["status"].startswith("refused: "), row["status"]
+            assert row["ms_p50"] is None and row["speedup_vs_reference"] is None
+        else:
+            assert row["status"] == "ok"
+    if passes == "fwd":
+        assert counted.calls == 1  # the parity check's call; nothing was timed
+
+
+def _result(device, device_type, timestamp, ms):
+    """A hand-written result file: attention_layernorm fwd+bwd at T in (256, 1024), H=128, float32."""
+    rows = []
+    for T in (256, 1024):
+        timed = {backend: factor * T / 256 for backend, factor in ms.items()}
+        best = min(("reference", "sdpa"), key=timed.get)
+        for backend, t in timed.items():
+            flops = op_work("fwd+bwd", 16384 // T, T, T, 128, 4).flops
+            rows.append({
+                "case": "attention_layernorm", "pass": "fwd+bwd", "backend": backend,
+                "kind": "peer" if backend in ("reference", "sdpa") else "ours", "dtype": "float32",
+                "shape": {"B": 16384 // T, "T": T, "H": 128}, "tokens": 16384, "status": "ok", "metric": "time",
+                "unit": "ms", "ms_p20": t * 0.9, "ms_p50": t, "ms_p80": t * 1.1, "reps": 10, "parity_err": 1e-7,
+                "speedup_vs_reference": timed["reference"] / t, "best_peer": best,
+                "speedup_vs_best_peer": timed[best] / t, "flops": flops, "bytes": 1000, "tflops": flops / t / 1e9,
+                "gbps": 1.0, "tflops_fraction": 0.1, "gbps_fraction": 0.01, "device": device,
+                "timestamp": timestamp, "version": "0.1.0"})
+    rows.append({**rows[-1], "backend": "triton", "status": "skipped: no GPU", "ms_p20": None, "ms_p50": None,
+                 "ms_p80": None, "reps": None, "speedup_vs_reference": None, "best_peer": None,
+                 "speedup_vs_best_peer": None, "tflops": None, "gbps": None, "tflops_fraction": None,
+                 "gbps_fraction": None})
+    return {"schema": schema.SCHEMA, "env": {"device": device, "device_type": device_type, "timestamp": timestamp,
+                                             "torch": "2.11.0", "version": "0.1.0", "git_commit": "abc123"},
+            "ceilings": {"copy_gbps": 3000.0, "matmul_tflops": {"float32": 50.0}}, "models": {}, "config": {},
+            "rows": rows}
+
+
+def test_report_merges_two_devices_into_a_table_and_plots(tmp_path, capsys):
+    a = tmp_path / "h100.json"
+    b = tmp_path / "a100.json"
+    a.write_text(json.dumps(_result("NVIDIA H100", "cuda", "2025-01-02T00:00:00+00:00",
+                                    {"reference": 4.0, "sdpa": 2.0, "cuda": 1.0})))
+    b.write_text(json.dumps(_result("NVIDIA A100", "cuda", "2025-01-01T00:00:00+00:00",
+                                    {"reference": 6.0, "sdpa": 3.0, "cuda": 2.5})))
+    out = tmp_path / "report"
+    assert main(["report", str(a), str(b), "--out", str(out), "--stem", "summary"]) == 0
+    md = (out / "summary.md").read_text()
+    assert "cuda on NVIDIA H100" in md and "cuda on NVIDIA A100" in md
+    assert "4.00x (2.00x)" in md  # H100 cuda: 4 ms / 1 ms vs reference, 2 ms / 1 ms vs sdpa, the best peer
+    assert "2.40x (1.20x)" in md  # A100 cuda
+    assert "| NVIDIA H100 | cuda | float32 | 64 | 256 | 128 | vs reference 4.00x (goal 2.0x); vs sdpa 2.00x " \
+           "(goal 1.3x) | yes |" in md
+    assert "vs sdpa 1.20x (goal 1.3x) | **no** |" in md
+    assert "NVIDIA H100, triton (1 row): skipped: no GPU" in md
+    assert md in capsys.readouterr().out
+    for png in ("summary-speedup.png", "summary-tflops.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--backends", "reference,nope"], "--backends has unknown value 'nope'"),
+    (["--dtypes", "float8"], "--dtypes has unknown value 'float8'"),
+    (["--passes", "sideways"], "--passes has unknown value 'sideways'"),
+    (["--cases", "everything"], "--cases has unknown value 'everything'"),
+    (["--T", "24"], "--tokens 64 is not a multiple of T = 24"),
+    (["--H", "0"], "--H must be positive, got 0"),
+    (["--H", "8,wide"], "--H must be comma-separated positive integers"),
+    (["--model-shapes", "256"], "--model-shapes takes BxT items"),
+    (["--threads", "0"], "--threads must be positive"),
+], ids=["backend", "dtype", "pass", "case", "T", "H-zero", "H-text", "model-shape", "threads"])
+def test_bad_sweep_input_is_a_clear_error(argv, message, capsys, tmp_path):
+    assert main([*TINY, "--out", str(tmp_path), *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing measured, nothing written
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error where there is no GPU")
+def test_asking_for_a_missing_gpu_is_a_clear_error(capsys):
+    assert main(["bench", "--device", "cuda"]) == 2
+    assert "--device cuda, but torch sees no CUDA GPU here" in capsys.readouterr().err
+
+
+def test_unreadable_result_files_are_clear_errors(tmp_path, capsys):
+    missing = tmp_path / "missing.json"
+    not_json = tmp_path / "not.json"
+    not_json.write_text("{oops")
+    bad_row = tmp_path / "bad.json"
+    doc = _result("GPU", "cuda", "2025-01-01T00:00:00+00:00", {"reference": 1.0, "sdpa": 1.0})
+    del doc["rows"][1]["ms_p80"]
+    bad_row.write_text(json.dumps(doc))
+    for path, message in ((missing, "cannot read result file"), (not_json, "is not JSON"),
+                          (bad_row, "rows[1] has no field 'ms_p80'")):
+        assert main(["report", str(path), "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert str(path) in err and message in err
