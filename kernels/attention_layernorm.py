@@ -107,6 +107,10 @@ def _attention_layernorm_fwd_kernel(
     BLOCK_H: tl.constexpr, QK_CHUNK: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
+    # torch.compile's Inductor passes Python floats as float64 scalars; left so, they would promote the float32
+    # softmax state to float64 in the loop.
+    scale = tl.cast(scale, tl.float32)
+    eps = tl.cast(eps, tl.float32)
     # One flat grid axis (batch-major): the batch can exceed the 65535 programs of the second axis.
     num_m_blocks = tl.cdiv(Tq, BLOCK_M)
     b = (tl.program_id(0) // num_m_blocks).to(tl.int64)
@@ -220,6 +224,7 @@ def _attention_bwd_dkdv_kernel(
     BLOCK_H: tl.constexpr, QK_CHUNK: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
+    scale = tl.cast(scale, tl.float32)  # float64 when Inductor launches it (see the forward)
     num_n_blocks = tl.cdiv(Tk, BLOCK_N)
     b = (tl.program_id(0) // num_n_blocks).to(tl.int64)
     Q += b * Tq * H
@@ -275,6 +280,7 @@ def _attention_bwd_dq_kernel(
     BLOCK_H: tl.constexpr, QK_CHUNK: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
+    scale = tl.cast(scale, tl.float32)  # float64 when Inductor launches it (see the forward)
     num_m_blocks = tl.cdiv(Tq, BLOCK_M)
     b = (tl.program_id(0) // num_m_blocks).to(tl.int64)
     Q += b * Tq * H

@@ -79,16 +79,25 @@ def _cuda_device_reason(device: torch.device) -> str | None:
     return None
 
 
+# Read once at import: torch.compile traces the backend choice, and cannot trace this query into a graph.
+_CUDA_KERNELS_BUILT = ops.EXTENSION_ERROR is None and torch._C._dispatch_has_kernel_for_dispatch_key(
+    "lstm_attn::attention_layernorm_fwd", "CUDA")
+
+
+def _known_failure(backend: str, device: torch.device) -> str | None:
+    return KNOWN_FAILURES.get((backend, _arch(device))) if KNOWN_FAILURES else None
+
+
 def _cuda_status(device: torch.device) -> BackendStatus:
     if ops.EXTENSION_ERROR:
         return BackendStatus(False, ops.EXTENSION_ERROR)
-    if not torch._C._dispatch_has_kernel_for_dispatch_key("lstm_attn::attention_layernorm_fwd", "CUDA"):
+    if not _CUDA_KERNELS_BUILT:
         return BackendStatus(False, "the extension was built without CUDA kernels (no nvcc or a CPU-only torch "
                                     "at build time; LSTM_ATTN_CUDA=1 makes the build require them)")
     reason = _cuda_device_reason(device)
     if reason:
         return BackendStatus(False, reason)
-    failure = KNOWN_FAILURES.get(("cuda", _arch(device)))
+    failure = _known_failure("cuda", device)
     return BackendStatus(False, failure) if failure else BackendStatus(True)
 
 
@@ -104,7 +113,7 @@ def _triton_status(device: torch.device) -> BackendStatus:
     reason = _cuda_device_reason(device)
     if reason:
         return BackendStatus(False, reason + " (CPU tensors need TRITON_INTERPRET=1 set before import)")
-    failure = KNOWN_FAILURES.get(("triton", _arch(device)))
+    failure = _known_failure("triton", device)
     return BackendStatus(False, failure) if failure else BackendStatus(True)
 
 

@@ -123,9 +123,11 @@ __global__ void __launch_bounds__(Tl::kThreads, kMinBlocksPerSm) attention_layer
       const int h = lane + 32 * i;
       y[i] = 0.f;
       if (h < H) {
-        const float a = s_o[r * L::kLdO + h] * inv_sum;
-        attn[g + h] = from_float<T>(a);
-        y[i] = a + to_float(residual[g + h]);
+        const T a = from_float<T>(s_o[r * L::kLdO + h] * inv_sum);
+        attn[g + h] = a;
+        // y from attn as stored, with a plain add (never fused into an FMA with the division's product), so the
+        // backward rebuilds exactly this y: at H = 1, y - mean is rounding alone and rstd = eps^-1/2 magnifies it.
+        y[i] = __fadd_rn(to_float(a), to_float(residual[g + h]));
         total += y[i];
       }
     }

@@ -42,7 +42,7 @@ struct PoolBwdParams {
   const void *grad_pooled, *x, *u, *c, *pooled;
   const float* lse;
   void *grad_x, *grad_u, *grad_c;
-  float* partials;  // (B * splits, 1 + H): grad_c, grad_u of each split (splits > 1 only)
+  float* partials;  // (B * splits, 2 + 2H): grad_c, sum p, grad_u, sum p x of each split (splits > 1 only)
   int T, H, splits, chunk, group;
 };
 
@@ -244,10 +244,18 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) softmax_pool_fwd_co
   if (threadIdx.x == 0) p.lse[b] = (m + log2f(l)) * kLn2;
 }
 
+// With delta' = delta + grad_c / p_sum the exact delta of the pass's own probabilities (grad_c having been summed
+// with the saved delta), ds'_j = ds_j - (grad_c / p_sum) p_j: grad_u loses (grad_c / p_sum) sum_j p_j x_j and grad_c
+// itself becomes grad_c - (grad_c / p_sum) p_sum, zero up to rounding as the exact gradient is.
+__device__ __forceinline__ float corrected_grad_u(float grad_u, float px, float grad_c, float p_sum) {
+  return grad_u - (grad_c / p_sum) * px;
+}
+__device__ __forceinline__ float corrected_grad_c(float grad_c, float p_sum) { return grad_c - (grad_c / p_sum) * p_sum; }
+
 template <class T, int kVec, int kChunks>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) softmax_pool_bwd_kernel(const PoolBwdParams p) {
   constexpr int kRows = rows_per_step<kVec, kChunks>();
-  extern __shared__ float smem[];  // per group: grad_c, then (groups, H) grad_u
+  extern __shared__ float smem[];  // per group: grad_c and sum p, then (groups, H) grad_u and sum p x
   const int G = p.group, groups = kThreads / G, gi = threadIdx.x / G, sub = threadIdx.x % G;
   const int H = p.H, b = blockIdx.x / p.splits, split = blockIdx.x % p.splits;
   const int t_begin = split * p.chunk, t_end = min(p.T, t_begin + p.chunk);
@@ -257,20 +265,23 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) softmax_pool_bwd_ke
   const float c = to_float(static_cast<const T*>(p.c)[b]);
   const float lse = p.lse[b];
 
-  float u[kChunks][kVec], g[kChunks][kVec], grad_u[kChunks][kVec];
+  float u[kChunks][kVec], g[kChunks][kVec], grad_u[kChunks][kVec], px[kChunks][kVec];
   load_row_slice<T, kVec, kChunks>(static_cast<const T*>(p.u) + row_b, H, G, sub, u);
   load_row_slice<T, kVec, kChunks>(static_cast<const T*>(p.grad_pooled) + row_b, H, G, sub, g);
 #pragma unroll
   for (int k = 0; k < kChunks; ++k)
 #pragma unroll
-    for (int i = 0; i < kVec; ++i) grad_u[k][i] = 0.f;
+    for (int i = 0; i < kVec; ++i) grad_u[k][i] = px[k][i] = 0.f;
   float delta;  // g . pooled; every group reduces the same values in the same order
   {
     float pooled[kChunks][kVec];
     load_row_slice<T, kVec, kChunks>(static_cast<const T*>(p.pooled) + row_b, H, G, sub, pooled);
     delta = group_sum(dot(g, pooled), G);
   }
-  float grad_c = 0.f;
+  // The saved pooled is rounded to T, so g . pooled misses the exact delta = sum_j p_j (g . x_j) by that rounding;
+  // grad_c and grad_u are corrected at the end from sum_j p_j and sum_j p_j x_j (finish_pool_grads). In 16-bit
+  // dtypes the rounding would otherwise dominate grad_c, which is zero in exact arithmetic.
+  float grad_c = 0.f, p_sum = 0.f;
 
   for (int t = t_begin + gi * kRows; t - gi * kRows < t_end; t += groups * kRows) {
     float xs[kRows][kChunks][kVec];
@@ -281,6 +292,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) softmax_pool_bwd_ke
       if (t + r >= t_end) continue;  // after the shuffles: every lane took part in them
       const float pr = exp2f((xu + c - lse) * kLog2e), ds = pr * (gx - delta);
       grad_c += ds;
+      p_sum += pr;
 #pragma unroll
       for (int k = 0; k < kChunks; ++k) {
         const int h = (k * G + sub) * kVec;
@@ -289,6 +301,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) softmax_pool_bwd_ke
         for (int i = 0; i < kVec; ++i) {
           out[i] = fmaf(pr, g[k][i], ds * u[k][i]);
           grad_u[k][i] = fmaf(ds, xs[r][k][i], grad_u[k][i]);
+          px[k][i] = fmaf(pr, xs[r][k][i], px[k][i]);
         }
         if (h < H) store_vec<T, kVec>(grad_x + static_cast<int64_t>(t + r) * H + h, out);
       }
@@ -296,34 +309,51 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) softmax_pool_bwd_ke
   }
 
   float* s_grad_c = smem;
-  float* s_grad_u = s_grad_c + groups;
-  if (sub == 0) s_grad_c[gi] = grad_c;
+  float* s_p_sum = s_grad_c + groups;
+  float* s_grad_u = s_p_sum + groups;
+  float* s_px = s_grad_u + static_cast<int64_t>(groups) * H;
+  if (sub == 0) {
+    s_grad_c[gi] = grad_c;
+    s_p_sum[gi] = p_sum;
+  }
 #pragma unroll
   for (int k = 0; k < kChunks; ++k)
 #pragma unroll
     for (int i = 0; i < kVec; ++i) {
       const int h = (k * G + sub) * kVec + i;
-      if (h < H) s_grad_u[gi * H + h] = grad_u[k][i];
+      if (h < H) {
+        s_grad_u[gi * H + h] = grad_u[k][i];
+        s_px[gi * H + h] = px[k][i];
+      }
     }
   __syncthreads();
+  // Sum over the groups in a fixed order: this block's totals, final if the block covers the whole row.
   const bool whole_row = p.splits == 1;
-  float* partial = whole_row ? nullptr : p.partials + static_cast<int64_t>(blockIdx.x) * (1 + H);
+  float* partial = whole_row ? nullptr : p.partials + static_cast<int64_t>(blockIdx.x) * (2 + 2 * H);
+  float totals[2] = {0.f, 0.f};
+  for (int gr = 0; gr < groups; ++gr) {
+    totals[0] += s_grad_c[gr];
+    totals[1] += s_p_sum[gr];
+  }
   for (int h = threadIdx.x; h < H; h += kThreads) {
-    float a = 0.f;
-    for (int gr = 0; gr < groups; ++gr) a += s_grad_u[gr * H + h];
+    float a = 0.f, b_px = 0.f;
+    for (int gr = 0; gr < groups; ++gr) {
+      a += s_grad_u[gr * H + h];
+      b_px += s_px[gr * H + h];
+    }
     if (whole_row) {
-      static_cast<T*>(p.grad_u)[row_b + h] = from_float<T>(a);
+      static_cast<T*>(p.grad_u)[row_b + h] = from_float<T>(corrected_grad_u(a, b_px, totals[0], totals[1]));
     } else {
-      partial[1 + h] = a;
+      partial[2 + h] = a;
+      partial[2 + H + h] = b_px;
     }
   }
   if (threadIdx.x == 0) {
-    float a = 0.f;
-    for (int gr = 0; gr < groups; ++gr) a += s_grad_c[gr];
     if (whole_row) {
-      static_cast<T*>(p.grad_c)[b] = from_float<T>(a);
+      static_cast<T*>(p.grad_c)[b] = from_float<T>(corrected_grad_c(totals[0], totals[1]));
     } else {
-      partial[0] = a;
+      partial[0] = totals[0];
+      partial[1] = totals[1];
     }
   }
 }
@@ -331,17 +361,22 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) softmax_pool_bwd_ke
 template <class T>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) softmax_pool_bwd_combine_kernel(const PoolBwdParams p) {
   const int b = blockIdx.x, H = p.H, S = p.splits;
-  const float* partial = p.partials + static_cast<int64_t>(b) * S * (1 + H);
+  const int64_t stride = 2 + 2 * H;
+  const float* partial = p.partials + static_cast<int64_t>(b) * S * stride;
+  float grad_c = 0.f, p_sum = 0.f;
+  for (int s = 0; s < S; ++s) {
+    grad_c += partial[s * stride];
+    p_sum += partial[s * stride + 1];
+  }
   for (int h = threadIdx.x; h < H; h += kThreads) {
-    float a = 0.f;
-    for (int s = 0; s < S; ++s) a += partial[s * (1 + H) + 1 + h];
-    static_cast<T*>(p.grad_u)[static_cast<int64_t>(b) * H + h] = from_float<T>(a);
+    float a = 0.f, b_px = 0.f;
+    for (int s = 0; s < S; ++s) {
+      a += partial[s * stride + 2 + h];
+      b_px += partial[s * stride + 2 + H + h];
+    }
+    static_cast<T*>(p.grad_u)[static_cast<int64_t>(b) * H + h] = from_float<T>(corrected_grad_u(a, b_px, grad_c, p_sum));
   }
-  if (threadIdx.x == 0) {
-    float a = 0.f;
-    for (int s = 0; s < S; ++s) a += partial[s * (1 + H)];
-    static_cast<T*>(p.grad_c)[b] = from_float<T>(a);
-  }
+  if (threadIdx.x == 0) static_cast<T*>(p.grad_c)[b] = from_float<T>(corrected_grad_c(grad_c, p_sum));
 }
 
 // Calls f(std::integral_constant<int, kVec>, std::integral_constant<int, kChunks>) for the instantiation that
@@ -445,7 +480,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_pool_bwd_cuda(const at::T
     const int vec_elems = vec ? 16 / sizeof(Scalar) : 1;
     const PoolLayout l = pool_layout(B, T, H, vec_elems);
     at::Tensor partials;
-    if (l.splits > 1) partials = at::empty({B * l.splits, 1 + H}, x.options().dtype(at::kFloat));
+    if (l.splits > 1) partials = at::empty({B * l.splits, 2 + 2 * H}, x.options().dtype(at::kFloat));
     PoolBwdParams p{grad_pooled.data_ptr(),
                     x.data_ptr(),
                     u.data_ptr(),
@@ -462,7 +497,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_pool_bwd_cuda(const at::T
                     l.chunk,
                     l.group};
     const int groups = kThreads / l.group;
-    const size_t smem = (groups + static_cast<size_t>(groups) * H) * sizeof(float);
+    const size_t smem = (2 * groups + 2 * static_cast<size_t>(groups) * H) * sizeof(float);
     dispatch_layout<Scalar>(vec, l.chunks, [&](auto vec_c, auto chunks_c) {
       launch(softmax_pool_bwd_kernel<Scalar, decltype(vec_c)::value, decltype(chunks_c)::value>,
              static_cast<int>(B * l.splits), kThreads, smem, stream, p);
