@@ -19,6 +19,15 @@ BACKENDS = ("reference", "cpu", "cuda", "triton")
 # The order "auto" tries on each device type: fastest first.
 AUTO_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "reference")}
 
+# On a GPU, "auto" takes a fused backend only where a measured run showed it faster than the reference's eager
+# PyTorch (benchmarks/results/, NVIDIA H200, 2026-11-27, forward+backward at 16k tokens): "cuda" in bfloat16
+# up to H = 128 (1.1x to 1.9x). Everywhere else both fused GPU backends were slower, so "auto" keeps the
+# reference there; they stay available by name.
+AUTO_GPU_WHEN = {
+    "cuda": lambda dtype, head_dim: dtype == torch.bfloat16 and head_dim <= 128,
+    "triton": lambda dtype, head_dim: False,
+}
+
 # Backends seen to fail on a given GPU architecture: "auto" skips them there and available_backends says why.
 # Filled from real runs only (see benchmarks/device_check.sh); key (backend, "sm_XY").
 KNOWN_FAILURES: dict[tuple[str, str], str] = {}
@@ -172,6 +181,8 @@ def resolve(backend: str, device, dtype: torch.dtype, head_dim: int) -> Backend:
     if backend == "auto":
         for name in AUTO_ORDER.get(device.type, ("reference",)):
             candidate = _REGISTRY[name]
+            if device.type == "cuda" and not AUTO_GPU_WHEN.get(name, lambda *_: True)(dtype, head_dim):
+                continue
             if candidate.status(device).available and candidate.unsupported_reason(dtype, head_dim) is None:
                 return candidate
         return _REGISTRY["reference"]
