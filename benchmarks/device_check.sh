@@ -11,6 +11,7 @@
 # CPU sweep, the report) and exits 0 if those passed.
 #
 # Environment: BUDGET_S (default 420) seconds for the whole script; PYTHON (default python3); MAX_JOBS (16);
+# CHECKS_ONLY=1 skips the sweep and the model baselines (a re-check of correctness after a fix);
 # TORCH_CUDA_ARCH_LIST (default: this GPU's); LSTM_ATTN_GIT_COMMIT, recorded in the results (the device's copy
 # of the tree may have no .git).
 set -uo pipefail
@@ -131,10 +132,12 @@ fi
 torch.version.cuda)"
 "$PY" -c "import triton; print('triton', triton.__version__)" 2>/dev/null || echo "triton: not importable"
 
-# The reserves keep time for the sweep (120 s), the model baselines (45 s) and the report (15 s), whatever came
-# before: when time runs short, the memcheck and the GPU tests are cut first.
-step "build" 200 180 - "$SELF" __build
-step "import" 30 180 - "$PY" -c "import lstm_attn; print({k: repr(v) for k, v in \
+# Each step keeps back seconds for the steps after it: the benchmarks (sweep, model baselines and report, 180 s;
+# none with CHECKS_ONLY=1) and the GPU tests (100 s). When time runs short the sanitizers are cut first.
+BENCH_RESERVE=$([ "${CHECKS_ONLY:-0}" = 1 ] && echo 0 || echo 180)
+TEST_RESERVE=100
+step "build" 200 "$BENCH_RESERVE" - "$SELF" __build
+step "import" 30 "$BENCH_RESERVE" - "$PY" -c "import lstm_attn; print({k: repr(v) for k, v in \
 lstm_attn.available_backends('cuda' if $HAS_GPU else 'cpu').items()})"
 
 DEVICE=$([ $HAS_GPU = 1 ] && echo cuda || echo cpu)
@@ -150,20 +153,26 @@ if [ $HAS_GPU = 1 ]; then
     [ -x "$SANITIZER" ] || echo "compute-sanitizer not found (looked on PATH and at $SANITIZER)"
     # Without the caching allocator every tensor is its own allocation, so memcheck sees out-of-bounds accesses
     # that would otherwise land inside a larger cached block.
-    step "compute-sanitizer memcheck" 90 180 sanitizer.log env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
+    step "compute-sanitizer memcheck" 90 $((BENCH_RESERVE + TEST_RESERVE)) sanitizer.log env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
         "$SANITIZER" --tool memcheck --error-exitcode 1 --print-limit 20 bash "$SELF" __memcheck
+    # racecheck (shared-memory hazards: a missing __syncthreads) is slower; it runs where the budget allows.
+    step "compute-sanitizer racecheck" 90 $((BENCH_RESERVE + TEST_RESERVE + 30)) - bash -c "env PYTORCH_NO_CUDA_MEMORY_CACHING=1 '$SANITIZER' \
+        --tool racecheck --error-exitcode 1 --print-limit 20 bash '$SELF' __memcheck 2>&1 | tee -a '$OUT/sanitizer.log'"
     # Spread over processes (pytest-xdist, where installed): most of this step is compiling Triton kernels, one
     # at a time per process; a CUDA fault also stays inside the worker that met it.
     XDIST=$("$PY" -c "import xdist" 2>/dev/null && echo "-n 8" || true)
-    step "pytest -m gpu" 150 180 pytest-gpu.log "$PY" -m pytest tests -m gpu -q -rs -p no:cacheprovider $XDIST
+    step "pytest -m gpu" 150 "$BENCH_RESERVE" pytest-gpu.log "$PY" -m pytest tests -m gpu -q -rs -p no:cacheprovider $XDIST
     # Each bench starts no new group some seconds before its limit, so it ends on its own with its JSON written
     # (it also rewrites the file after every group, so a kill loses one group at most).
+    [ "${CHECKS_ONLY:-0}" = 1 ] && RESULTS+=("sweep and model baselines: not run (CHECKS_ONLY=1)")
+    [ "${CHECKS_ONLY:-0}" = 1 ] || {
     limit=$(limit_for 200 60)
     step "sweep" 200 60 - "$PY" -m lstm_attn.cli bench --device cuda --out "$BENCH_JSON" \
         --time-budget $((limit > 50 ? limit - 35 : 15))
     limit=$(limit_for 80 15)
     step "model baselines" 80 15 - "$PY" -m lstm_attn.cli bench --device cuda --cases model_step \
         --out "$MODEL_JSON" --time-budget $((limit > 35 ? limit - 20 : 15))
+    }
 else
     step "sweep (quick, CPU)" 120 15 - "$PY" -m lstm_attn.cli bench --device cpu --quick --out "$BENCH_JSON"
 fi
