@@ -40,18 +40,21 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) layernorm_bwd_kerne
     if (row >= p.rows) break;  // warp-uniform
     const int64_t g0 = row * H;
     const float mean = p.mean[row], rstd = p.rstd[row];
-    float a[kPerLane], go[kPerLane], xhat[kPerLane];
+    float a[kPerLane], go[kPerLane], gw[kPerLane], xhat[kPerLane];
     float sum_g = 0.f, sum_gx = 0.f;
 #pragma unroll
     for (int e = 0; e < kPerLane; ++e) {
       const int h = lane + 32 * e;
-      a[e] = go[e] = xhat[e] = 0.f;
+      a[e] = go[e] = gw[e] = xhat[e] = 0.f;
       if (h < H) {
         a[e] = to_float(attn[g0 + h]);
         go[e] = to_float(grad_out[g0 + h]);
+        // One rounded product, used in the mean and in dy alike: were dy's go * w fused into an FMA with
+        // - mean_g, g - mean(g) would not cancel exactly at H = 1, where rstd = eps^-1/2 magnifies any residue.
+        gw[e] = __fmul_rn(go[e], w[e]);
         xhat[e] = (a[e] + to_float(residual[g0 + h]) - mean) * rstd;
-        sum_g += go[e] * w[e];
-        sum_gx += go[e] * w[e] * xhat[e];
+        sum_g += gw[e];
+        sum_gx += gw[e] * xhat[e];
       }
     }
     const float mean_g = group_sum(sum_g, 32) * inv_h, mean_gx = group_sum(sum_gx, 32) * inv_h;
@@ -60,7 +63,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) layernorm_bwd_kerne
     for (int e = 0; e < kPerLane; ++e) {
       const int h = lane + 32 * e;
       if (h < H) {
-        const T dy = from_float<T>(rstd * (go[e] * w[e] - mean_g - xhat[e] * mean_gx));
+        const T dy = from_float<T>(rstd * (gw[e] - mean_g - xhat[e] * mean_gx));
         grad_residual[g0 + h] = dy;
         delta += a[e] * to_float(dy);
         grad_w[e] += go[e] * xhat[e];
