@@ -26,3 +26,10 @@ def require_backend(backend: str, device: str) -> None:
     status = lstm_attn.available_backends(device)[backend]
     if not status.available:
         pytest.fail(f"backend {backend!r} should run on {device} here but is unavailable: {status.reason}")
+
+
+def model_backend_params():
+    """The pairs above plus the reference on both devices: the drop-in model runs with every backend."""
+    return [pytest.param("reference", "cpu", id="reference-cpu"),
+            pytest.param("reference", "cuda", id="reference-cuda", marks=[pytest.mark.gpu]),
+            *fast_backend_params()]

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lstm_attn import cli, reference
 from lstm_attn.modules import LSTMWithAttention
 from lstm_attn.training.checkpoint import CheckpointError, load_model
-from test_modules import model_backend_params, require
+from _backends import model_backend_params, require_backend
 
 DYNAMIC_AXES = {"x": {0: "batch", 1: "time"}, "y": {0: "batch"}}
 # (batch, time) pairs other than the traced one, T = 1 included: the axes must really be dynamic.
@@ -43,7 +43,7 @@ def assert_onnx_reproduces(model, path, input_size):
 
 @pytest.mark.parametrize("backend, device", [p for p in model_backend_params() if p.values[1] == "cpu"])
 def test_torch_onnx_export_gives_standard_ops_with_dynamic_axes(tmp_path, backend, device):
-    require(backend, device)
+    require_backend(backend, device)
     torch.manual_seed(0)
     model = LSTMWithAttention(3, 16, 2, 0.1, backend=backend).eval()
     path = tmp_path / "model.onnx"

@@ -10,31 +10,13 @@ import torch._dynamo
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import lstm_attn
+from _backends import model_backend_params, require_backend
 from lstm_attn import reference
-from lstm_attn.backends import BACKENDS
 from lstm_attn.modules import AttentionLayer, LSTMWithAttention
 from lstm_attn.testing import assert_parity
 
 # (B, T, input_size, hidden_size, num_layers): T = 1, a single row, H = 1, odd and non-power-of-two sizes.
 SHAPES = [(1, 1, 1, 1, 1), (3, 1, 3, 5, 2), (3, 7, 3, 16, 2), (2, 33, 1, 5, 1), (4, 33, 3, 16, 2), (2, 130, 2, 64, 2)]
-
-
-def model_backend_params():
-    """(backend, device) pairs for the model tests: every backend on CPU, and on CUDA with the `gpu` mark."""
-    params = []
-    for device in ("cpu", "cuda"):
-        marks = [pytest.mark.gpu] if device == "cuda" else []
-        for backend in BACKENDS:
-            if {backend, device} != {"cpu", "cuda"}:  # the "cpu" backend never runs CUDA tensors, nor "cuda" CPU ones
-                params.append(pytest.param(backend, device, id=f"{backend}-{device}", marks=marks))
-    return params
-
-
-def require(backend: str, device: str) -> None:
-    """Tests run with every backend present; one that is not built or cannot run here is skipped with why."""
-    status = lstm_attn.available_backends(device)[backend]
-    if not status.available:
-        pytest.skip(f"backend {backend!r} is unavailable on {device}: {status.reason}")
 
 
 def takes_float64(backend: str, device: str) -> bool:
@@ -115,7 +97,7 @@ def test_unknown_backend_is_refused():
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}-T{}-I{}-H{}-L{}".format(*s))
 def test_outputs_and_gradients_equal_the_seed(backend, device, shape, train):
-    require(backend, device)
+    require_backend(backend, device)
     if backend == "triton" and device == "cpu" and shape[1] > 40:
         pytest.skip("Triton's interpreter runs every program in Python: long sequences are left to the GPU run")
     B, T, input_size, hidden_size, num_layers = shape
@@ -136,7 +118,7 @@ def test_outputs_and_gradients_equal_the_seed(backend, device, shape, train):
 
 @pytest.mark.parametrize("backend, device", model_backend_params())
 def test_float64_model_matches_the_seed_tightly(backend, device):
-    require(backend, device)
+    require_backend(backend, device)
     if not takes_float64(backend, device):
         pytest.skip(f"backend {backend!r} does not take float64")
     seed, ours = pair(3, 16, 2, backend, device)
@@ -160,7 +142,7 @@ def test_key_bias_stays_in_the_graph_with_zero_gradient():
 @pytest.mark.parametrize("backend, device", model_backend_params())
 @pytest.mark.parametrize("shape", [(2, 1, 5), (3, 17, 16), (2, 70, 64)], ids=lambda s: "B{}-T{}-H{}".format(*s))
 def test_attention_layer_returns_the_seeds_full_output(backend, device, shape):
-    require(backend, device)
+    require_backend(backend, device)
     B, T, H = shape
     torch.manual_seed(0)
     seed = reference.AttentionLayer(H).to(device)
@@ -185,7 +167,7 @@ def test_attention_layer_returns_the_seeds_full_output(backend, device, shape):
 @pytest.mark.parametrize("shape", [(2, 1, 5), (3, 17, 16), (2, 130, 64)], ids=lambda s: "B{}-T{}-H{}".format(*s))
 def test_last_step_is_the_full_attentions_last_row(backend, device, shape):
     """The exact fast path against the full computation it replaces, in float64 where the backend takes it."""
-    require(backend, device)
+    require_backend(backend, device)
     B, T, H = shape
     dtype = torch.float64 if takes_float64(backend, device) else torch.float32
     torch.manual_seed(0)
@@ -225,7 +207,7 @@ def test_last_step_never_builds_keys_values_or_the_score_matrix():
                          ids=lambda s: "B{}-T{}-I{}-H{}".format(*s))
 def test_sequence_features_equal_the_seeds_intermediate(backend, device, shape):
     """layer_norm(attention(h) + h) for every step: what the seed computes before keeping the last row."""
-    require(backend, device)
+    require_backend(backend, device)
     B, T, input_size, H = shape
     seed, ours = pair(input_size, H, 2, backend, device)
     seed64 = copy.deepcopy(seed).double().eval()
@@ -256,7 +238,7 @@ def test_sequence_features_equal_the_seeds_intermediate(backend, device, shape):
 def test_bf16_autocast_runs_and_stays_close(backend, device):
     """Under autocast the LSTM and Linear outputs are bf16 while LayerNorm's parameters stay float32; the
     model must run there (that is --precision bf16-mixed) with the seed's accuracy under the same autocast."""
-    require(backend, device)
+    require_backend(backend, device)
     seed, ours = pair(3, 32, 2, backend, device, dropout=0.0)
     x = torch.randn(4, 40, 3, device=device)
     exact = forward_backward(copy.deepcopy(seed).double(), x.double())
