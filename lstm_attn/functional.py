@@ -16,7 +16,6 @@ def attention_layernorm(q: Tensor, k: Tensor, v: Tensor, residual: Tensor, weigh
     scale defaults to H ** -0.5. Differentiable in every tensor input. backend: "auto", "reference",
     "cpu", "cuda" or "triton" (see lstm_attn.available_backends).
     """
-    backends.check_backend_name(backend)
     check_attention_layernorm(q, k, v, residual, weight, bias, eps, scale)
     H = q.shape[-1]
     impl = backends.resolve(backend, q.device, q.dtype, H)
@@ -32,7 +31,6 @@ def softmax_pool(x: Tensor, u: Tensor, c: Tensor, backend: str = "auto") -> Tens
     c shifts every score of a row alike, so it never changes the result; it is an input so that the
     parameters it comes from stay in the autograd graph (their gradient is zero up to rounding).
     """
-    backends.check_backend_name(backend)
     check_softmax_pool(x, u, c)
     impl = backends.resolve(backend, x.device, x.dtype, x.shape[-1])
     return impl.softmax_pool(x.contiguous(), u.contiguous(), c.contiguous())
