@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <climits>
 #include <tuple>
+#include <type_traits>
 
 #include "attention_layernorm.cuh"
 #include "checks.h"
@@ -19,45 +20,35 @@ constexpr int64_t kMaxHeadDim = 512;
 
 int bucket_for(int64_t H) { return H <= 32 ? 32 : H <= 64 ? 64 : H <= 128 ? 128 : H <= 256 ? 256 : 512; }
 
-// LSTM_ATTN_HEAD_DIMS may leave buckets out of the build; a larger compiled bucket serves a smaller H (masking).
-void attention_fwd(const AttnFwdParams& p, MmaPath path, cudaStream_t stream) {
+// Calls f with the smallest compiled head-dim bucket >= H, as a std::integral_constant. LSTM_ATTN_HEAD_DIMS may
+// leave buckets out of the build; a larger compiled bucket serves a smaller H (masking).
+template <class F>
+void with_head_dim_bucket(int64_t H, F&& f) {
 #ifdef LSTM_ATTN_HDIM_32
-  if (p.H <= 32) return attention_fwd_bucket<32>(p, path, stream);
+  if (H <= 32) return f(std::integral_constant<int, 32>{});
 #endif
 #ifdef LSTM_ATTN_HDIM_64
-  if (p.H <= 64) return attention_fwd_bucket<64>(p, path, stream);
+  if (H <= 64) return f(std::integral_constant<int, 64>{});
 #endif
 #ifdef LSTM_ATTN_HDIM_128
-  if (p.H <= 128) return attention_fwd_bucket<128>(p, path, stream);
+  if (H <= 128) return f(std::integral_constant<int, 128>{});
 #endif
 #ifdef LSTM_ATTN_HDIM_256
-  if (p.H <= 256) return attention_fwd_bucket<256>(p, path, stream);
+  if (H <= 256) return f(std::integral_constant<int, 256>{});
 #endif
 #ifdef LSTM_ATTN_HDIM_512
-  if (p.H <= 512) return attention_fwd_bucket<512>(p, path, stream);
+  if (H <= 512) return f(std::integral_constant<int, 512>{});
 #endif
-  TORCH_CHECK(false, "lstm_attn: H = ", p.H, " needs the CUDA head-dim bucket ", bucket_for(p.H),
+  TORCH_CHECK(false, "lstm_attn: H = ", H, " needs the CUDA head-dim bucket ", bucket_for(H),
               " (or a larger one), which this build left out; rebuild with it in LSTM_ATTN_HEAD_DIMS");
 }
 
+void attention_fwd(const AttnFwdParams& p, MmaPath path, cudaStream_t stream) {
+  with_head_dim_bucket(p.H, [&](auto bucket) { attention_fwd_bucket<decltype(bucket)::value>(p, path, stream); });
+}
+
 void attention_bwd(const AttnBwdParams& p, MmaPath path, cudaStream_t stream) {
-#ifdef LSTM_ATTN_HDIM_32
-  if (p.H <= 32) return attention_bwd_bucket<32>(p, path, stream);
-#endif
-#ifdef LSTM_ATTN_HDIM_64
-  if (p.H <= 64) return attention_bwd_bucket<64>(p, path, stream);
-#endif
-#ifdef LSTM_ATTN_HDIM_128
-  if (p.H <= 128) return attention_bwd_bucket<128>(p, path, stream);
-#endif
-#ifdef LSTM_ATTN_HDIM_256
-  if (p.H <= 256) return attention_bwd_bucket<256>(p, path, stream);
-#endif
-#ifdef LSTM_ATTN_HDIM_512
-  if (p.H <= 512) return attention_bwd_bucket<512>(p, path, stream);
-#endif
-  TORCH_CHECK(false, "lstm_attn: H = ", p.H, " needs the CUDA head-dim bucket ", bucket_for(p.H),
-              " (or a larger one), which this build left out; rebuild with it in LSTM_ATTN_HEAD_DIMS");
+  with_head_dim_bucket(p.H, [&](auto bucket) { attention_bwd_bucket<decltype(bucket)::value>(p, path, stream); });
 }
 
 // float32 runs on tensor cores (tf32) only where torch.backends.cuda.matmul.allow_tf32 allows it, as cuBLAS does.
