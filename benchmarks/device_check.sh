@@ -4,8 +4,9 @@
 #
 #   benchmarks/device_check.sh [OUT]        (or OUT=... in the environment; default ./device-check-out)
 #
-# Writes at most 8 files into OUT: device_check.log, pytest-gpu.log, sanitizer.log, bench-<gpu>-<date>.json,
-# model-<gpu>-<date>.json, summary-<gpu>-<date>.md and its -speedup.png and -tflops.png.
+# Writes at most 9 files into OUT: device_check.log, pytest-gpu.log, sanitizer.log, bench-<gpu>-<date>.json,
+# model-<gpu>-<date>.json, profile-<gpu>-<date>.json (host/device split and heaviest kernels per call),
+# summary-<gpu>-<date>.md and its -speedup.png and -tflops.png.
 # Every step runs under `timeout`; a step that fails or runs out of time is reported and the next one runs.
 # The exit status is 0 only if every step passed. Without a GPU it says so, runs the CPU parts (build, a quick
 # CPU sweep, the report) and exits 0 if those passed.
@@ -132,9 +133,10 @@ fi
 torch.version.cuda)"
 "$PY" -c "import triton; print('triton', triton.__version__)" 2>/dev/null || echo "triton: not importable"
 
-# Each step keeps back seconds for the steps after it: the benchmarks (sweep, model baselines and report, 180 s;
+# Each step keeps back seconds for the steps after it: the benchmarks (sweep, model baselines, profile and report,
+# 220 s;
 # none with CHECKS_ONLY=1) and the GPU tests (100 s). When time runs short the sanitizers are cut first.
-BENCH_RESERVE=$([ "${CHECKS_ONLY:-0}" = 1 ] && echo 0 || echo 180)
+BENCH_RESERVE=$([ "${CHECKS_ONLY:-0}" = 1 ] && echo 0 || echo 220)
 TEST_RESERVE=100
 step "build" 200 "$BENCH_RESERVE" - "$SELF" __build
 step "import" 30 "$BENCH_RESERVE" - "$PY" -c "import lstm_attn; print({k: repr(v) for k, v in \
@@ -164,14 +166,18 @@ if [ $HAS_GPU = 1 ]; then
     step "pytest -m gpu" 150 "$BENCH_RESERVE" pytest-gpu.log "$PY" -m pytest tests -m gpu -q -rs -p no:cacheprovider $XDIST
     # Each bench starts no new group some seconds before its limit, so it ends on its own with its JSON written
     # (it also rewrites the file after every group, so a kill loses one group at most).
-    [ "${CHECKS_ONLY:-0}" = 1 ] && RESULTS+=("sweep and model baselines: not run (CHECKS_ONLY=1)")
+    [ "${CHECKS_ONLY:-0}" = 1 ] && RESULTS+=("sweep, model baselines and profile: not run (CHECKS_ONLY=1)")
     [ "${CHECKS_ONLY:-0}" = 1 ] || {
-    limit=$(limit_for 200 60)
-    step "sweep" 200 60 - "$PY" -m lstm_attn.cli bench --device cuda --out "$BENCH_JSON" \
+    limit=$(limit_for 200 100)
+    step "sweep" 200 100 - "$PY" -m lstm_attn.cli bench --device cuda --out "$BENCH_JSON" \
         --time-budget $((limit > 50 ? limit - 35 : 15))
-    limit=$(limit_for 80 15)
-    step "model baselines" 80 15 - "$PY" -m lstm_attn.cli bench --device cuda --cases model_step \
+    limit=$(limit_for 80 55)
+    step "model baselines" 80 55 - "$PY" -m lstm_attn.cli bench --device cuda --cases model_step \
         --out "$MODEL_JSON" --time-budget $((limit > 35 ? limit - 20 : 15))
+    # Where the time of the sweep's calls goes (host or device, which kernels): the smallest and largest H.
+    limit=$(limit_for 45 10)
+    step "profile" 45 10 - "$PY" -m lstm_attn.cli profile --device cuda --T 256,1024 --H 64,512 \
+        --out "$OUT/profile-$SLUG-$DATE.json" --time-budget $((limit > 25 ? limit - 15 : 10))
     }
 else
     step "sweep (quick, CPU)" 120 15 - "$PY" -m lstm_attn.cli bench --device cpu --quick --out "$BENCH_JSON"

@@ -14,6 +14,8 @@ COMMANDS = {
     "train": ("lstm_attn.training.command", "train LSTMWithAttention on a real time series (built-in or a CSV)"),
     "export": ("lstm_attn.export", "export a trained checkpoint to ONNX"),
     "bench": ("lstm_attn.bench.sweep", "benchmark every backend and peer over a sweep of shapes; write JSON"),
+    "profile": ("lstm_attn.bench.profile", "split one forward+backward call's time into host and device time, "
+                "and name the heaviest kernels"),
     "report": ("lstm_attn.bench.report", "merge benchmark JSON files into a markdown table and plots"),
 }
 

@@ -128,8 +128,13 @@ def load(path) -> dict:
 
 def dump(doc: dict, path) -> None:
     """Validate, then write atomically, so a run killed mid-write leaves the previous complete file."""
-    path = Path(path)
     validate(doc, str(path))
+    write_json(doc, path)
+
+
+def write_json(doc: dict, path) -> None:
+    """Write atomically: a run killed mid-write leaves the previous complete file."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:

@@ -1,0 +1,213 @@
+"""`lstm-attn profile`: where one forward+backward call's time goes, per provider: host or device, which kernels.
+
+The sweep (`lstm-attn bench`) answers "how fast"; this answers "why". For each shape, dtype and provider it runs
+the op's forward+backward (the sweep's inputs and runners) and records, per call:
+  wall_ms    median time of the call followed by a synchronize: what a training step waits for
+  host_ms    median time the host takes to issue the call, started on an idle device and stopped before any
+             synchronize: Python, the dispatcher, autograd, the launchers
+  device_ms  (GPU) the summed duration of the kernels the call ran, from torch.profiler's CUDA activity;
+             kernels lists them, heaviest first, with their time and launches per call
+On a GPU, host_ms close to wall_ms with device_ms well below means the call is launch-bound: faster kernels would
+not show. On a CPU host and device are one: device_ms is null and kernels lists the operators by self CPU time.
+Unlike the sweep the L2 is not flushed between calls and nothing is checked against the reference (the sweep
+does that): these are diagnostics, not the published speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
+
+from lstm_attn.bench import cases
+from lstm_attn.bench.env import device_slug, environment
+from lstm_attn.bench.report import fmt_ms
+from lstm_attn.bench.schema import write_json
+from lstm_attn.bench.sweep import _names, _positive_ints
+
+SCHEMA = "lstm_attn.profile/1"
+PASS = "fwd+bwd"
+DEFAULTS = {
+    # The goal shapes, without torch.compile (its compile time would take the GPU check's budget, and the sweep
+    # already places it).
+    "cuda": dict(tokens=16384, T="256,1024", H="64,128,256,512", dtypes="float32,bfloat16",
+                 backends="reference,sdpa,triton,cuda"),
+    "cpu": dict(tokens=8192, T="256", H="128", dtypes="float32", backends="reference,cpu"),
+}
+TOP_KERNELS = 8
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when a GPU is visible, else cpu")
+    parser.add_argument("--backends", help=f"comma-separated, from {', '.join(cases.PROVIDERS)} (default: cuda: "
+                        f"{DEFAULTS['cuda']['backends']}; cpu: {DEFAULTS['cpu']['backends']})")
+    parser.add_argument("--tokens", type=int, help="B*T of every shape (default: cuda 16384, cpu 8192)")
+    parser.add_argument("--T", dest="T", help="comma-separated sequence lengths (default: cuda 256,1024; cpu 256)")
+    parser.add_argument("--H", dest="H", help="comma-separated hidden sizes (default: cuda 64,128,256,512; cpu 128)")
+    parser.add_argument("--dtypes", help=f"comma-separated, from {', '.join(cases.DTYPES)} (default: cuda "
+                        "float32,bfloat16; cpu float32)")
+    parser.add_argument("--iters", type=int, default=20, help="calls timed and profiled per row (default: %(default)s)")
+    parser.add_argument("--out", default=".", help="result file (*.json), or a folder for "
+                        "profile-<device>-<date>.json (default: the current folder)")
+    parser.add_argument("--time-budget", type=float, help="seconds: start no new row after this")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _config(args: argparse.Namespace) -> dict:
+    kind = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda, but torch sees no CUDA GPU here")
+    spec = {**DEFAULTS[kind], **{k: v for k in ("tokens", "T", "H", "dtypes", "backends")
+                                 if (v := getattr(args, k)) is not None}}
+    tokens = spec["tokens"]
+    if tokens <= 0:
+        raise ValueError(f"--tokens must be positive, got {tokens}")
+    Ts = _positive_ints(str(spec["T"]), "--T")
+    for T in Ts:
+        if tokens % T:
+            raise ValueError(f"--tokens {tokens} is not a multiple of T = {T}: B = tokens / T must be whole")
+    if args.iters < 1:
+        raise ValueError(f"--iters must be at least 1, got {args.iters}")
+    if args.time_budget is not None and args.time_budget <= 0:
+        raise ValueError(f"--time-budget must be positive seconds, got {args.time_budget}")
+    if args.threads is not None and args.threads <= 0:
+        raise ValueError(f"--threads must be positive, got {args.threads}")
+    return dict(device=torch.device(kind), tokens=tokens, Ts=Ts, Hs=_positive_ints(str(spec["H"]), "--H"),
+                dtypes=_names(spec["dtypes"], "--dtypes", cases.DTYPES),
+                backends=_names(spec["backends"], "--backends", cases.PROVIDERS))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _clock(run, device: torch.device, n_sets: int, iters: int, *, wait: bool) -> float:
+    """Median ms per call; each call starts on an idle device and, with wait, ends when the device is done."""
+    times = []
+    for i in range(iters):
+        _sync(device)
+        start = time.perf_counter()
+        run(i % n_sets)
+        if wait:
+            _sync(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    return float(np.median(times))
+
+
+def _kernels(prof, device: torch.device, iters: int) -> tuple[float | None, list[dict]]:
+    """(device ms per call, the heaviest kernels) from a profile of `iters` calls. On CPU: (None, operators by
+    self CPU time), top-level and nested alike, since a self time counts each microsecond once."""
+    ms, launches = defaultdict(float), defaultdict(int)
+    for event in prof.events():
+        if device.type == "cuda":
+            if event.device_type != DeviceType.CUDA:
+                continue
+            elapsed = event.time_range.elapsed_us()
+        else:
+            if event.device_type != DeviceType.CPU:
+                continue
+            elapsed = event.self_cpu_time_total
+        ms[event.name] += elapsed / 1e3
+        launches[event.name] += 1
+    top = sorted(ms, key=ms.get, reverse=True)[:TOP_KERNELS]
+    kernels = [{"name": name, "ms": ms[name] / iters, "calls": launches[name] / iters} for name in top]
+    return (sum(ms.values()) / iters if device.type == "cuda" else None), kernels
+
+
+def profile_row(provider: str, dtype: str, B: int, T: int, H: int, device: torch.device, iters: int,
+                seed: int) -> dict:
+    """One provider on one shape: the row of the result file."""
+    row = {"backend": provider, "dtype": dtype, "shape": {"B": B, "T": T, "H": H}, "status": "ok",
+           "wall_ms": None, "host_ms": None, "device_ms": None, "kernels": []}
+    p = cases.PROVIDERS[provider]
+    reason = p.unavailable(device, cases.DTYPES[dtype], H)
+    if reason:
+        return {**row, "status": f"skipped: {reason}"}
+    generator = torch.Generator(device).manual_seed(seed)
+    sets = [cases.make_inputs(B, T, H, cases.DTYPES[dtype], device, True, generator) for _ in range(2)]
+    run = cases.op_runner(p.build(), PASS, sets).run
+    try:
+        for i in range(3):  # compile, autotune, the allocator's first blocks
+            run(i % len(sets))
+        _sync(device)
+        row["wall_ms"] = _clock(run, device, len(sets), iters, wait=True)
+        row["host_ms"] = _clock(run, device, len(sets), iters, wait=False)
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        _sync(device)
+        with profile(activities=activities) as prof:
+            for i in range(iters):
+                run(i % len(sets))
+            _sync(device)
+    except Exception as exc:  # noqa: BLE001  (one provider failing on one shape leaves the rest to run)
+        return {**row, "status": f"error: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"}
+    row["device_ms"], row["kernels"] = _kernels(prof, device, iters)
+    return row
+
+
+def table(rows: list[dict], device_type: str) -> str:
+    """Markdown: one line per row, the heaviest kernels abbreviated."""
+    lines = ["| dtype | B | T | H | backend | wall ms | host ms | device ms | heaviest (ms per call × launches) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        s = r["shape"]
+        if r["status"] != "ok":
+            lines.append(f"| {r['dtype']} | {s['B']} | {s['T']} | {s['H']} | {r['backend']} | {r['status']} "
+                         "| | | |")
+            continue
+        top = "; ".join(f"{k['name'][:48]} {fmt_ms(k['ms'])}×{k['calls']:g}" for k in r["kernels"][:3])
+        lines.append(f"| {r['dtype']} | {s['B']} | {s['T']} | {s['H']} | {r['backend']} | {fmt_ms(r['wall_ms'])} "
+                     f"| {fmt_ms(r['host_ms'])} | {fmt_ms(r['device_ms'])} | {top} |")
+    if device_type == "cpu":
+        lines.append("\nOn CPU host and device are one: device ms is left out and the operators are listed by self "
+                     "CPU time.")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        cfg = _config(args)
+    except ValueError as exc:
+        print(f"lstm-attn profile: error: {exc}", file=sys.stderr)
+        return 2
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = cfg["device"]
+    started = time.perf_counter()
+    env = environment(device)
+    out = Path(args.out)
+    path = out if out.suffix == ".json" else out / f"profile-{device_slug(device)}-{env['timestamp'][:10]}.json"
+    doc = {"schema": SCHEMA, "env": env, "method": __doc__.strip(),
+           "config": {"argv": sys.argv[1:], "pass": PASS, "tokens": cfg["tokens"], "iters": args.iters,
+                      "not_run": []},
+           "rows": []}
+    print(f"lstm-attn profile on {env['device']}; torch {env['torch']}, triton {env['triton']}, lstm_attn "
+          f"{env['version']} at {env['git_commit']}", flush=True)
+    for T in cfg["Ts"]:
+        for H in cfg["Hs"]:
+            for dtype in cfg["dtypes"]:
+                for provider in cfg["backends"]:
+                    label = f"{dtype} B={cfg['tokens'] // T} T={T} H={H} {provider}"
+                    if args.time_budget is not None and time.perf_counter() - started > args.time_budget:
+                        doc["config"]["not_run"].append(label)
+                        continue
+                    row = profile_row(provider, dtype, cfg["tokens"] // T, T, H, device, args.iters, args.seed)
+                    doc["rows"].append(row)
+                    write_json(doc, path)
+                    detail = (f"wall {fmt_ms(row['wall_ms'])} ms, host {fmt_ms(row['host_ms'])} ms, device "
+                              f"{fmt_ms(row['device_ms'])} ms" if row["status"] == "ok" else row["status"])
+                    print(f"{label}: {detail}", flush=True)
+    write_json(doc, path)
+    if doc["config"]["not_run"]:
+        print(f"not run (time budget of {args.time_budget} s spent): " + "; ".join(doc["config"]["not_run"]))
+    print(f"wrote {path} ({len(doc['rows'])} rows, {time.perf_counter() - started:.0f} s)\n", flush=True)
+    print(table(doc["rows"], device.type), flush=True)
+    return 0
