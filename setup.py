@@ -61,7 +61,7 @@ def _head_dim_macros(cuda_sources: list[str]) -> list[str]:
 
 def extensions():
     debug = os.environ.get("LSTM_ATTN_DEBUG", "0") == "1"
-    sources = ["csrc/ops.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
+    sources = ["csrc/ops.cpp", "csrc/autograd.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
     cxx = ["-O0", "-g"] if debug else ["-O3"]
     # No -std flag: torch's build helpers pick the standard its headers need (C++17 up to 2.13, C++20 after).
     cxx += ["-fopenmp" if torch.backends.openmp.is_available() else ""]

@@ -1,6 +1,6 @@
 // The schemas of lstm_attn's ops, defined once. Each device registers its kernels beside its own code:
-// CPU in csrc/cpu/, CUDA in csrc/cuda/. Fake (meta) rules and autograd are registered from Python
-// (lstm_attn/ops.py), where backward is written in terms of the *_bwd ops below.
+// CPU in csrc/cpu/, CUDA in csrc/cuda/; autograd (device-independent) in csrc/autograd.cpp, where backward is
+// written in terms of the *_bwd ops below. Fake (meta) rules are registered from Python (lstm_attn/ops.py).
 #include <Python.h>
 #include <torch/library.h>
 

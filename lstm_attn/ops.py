@@ -1,4 +1,4 @@
-"""Registration of lstm_attn's ops with torch.library: fake (meta) rules and autograd.
+"""Registration of lstm_attn's ops with torch.library: fake (meta) rules, and autograd for the Triton ops.
 
 Two ops, each a forward and a backward:
 - attention_layernorm: layer_norm(softmax(q k^T * scale) v + residual). The forward also returns what the
@@ -101,9 +101,7 @@ if EXTENSION_ERROR is None:
     torch.library.register_fake("lstm_attn::attention_layernorm_bwd")(_fake_attention_layernorm_bwd)
     torch.library.register_fake("lstm_attn::softmax_pool_fwd")(_fake_softmax_pool_fwd)
     torch.library.register_fake("lstm_attn::softmax_pool_bwd")(_fake_softmax_pool_bwd)
-    _register_attention_layernorm_autograd(
-        "lstm_attn::attention_layernorm_fwd", torch.ops.lstm_attn.attention_layernorm_bwd)
-    _register_softmax_pool_autograd("lstm_attn::softmax_pool_fwd", torch.ops.lstm_attn.softmax_pool_bwd)
+    # Their autograd is C++ (csrc/autograd.cpp): a Python autograd.Function would cost host time on every call.
 
 
 if TRITON_ERROR is None:

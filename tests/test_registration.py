@@ -47,6 +47,18 @@ def test_opcheck_backward_ops():
     torch.library.opcheck(torch.ops.lstm_attn.softmax_pool_bwd, (torch.randn_like(pooled), x, u, c, pooled, plse))
 
 
+def test_extension_forward_ops_have_cpp_autograd():
+    # C++ autograd (csrc/autograd.cpp) rather than torch.library's Python autograd.Function: each call that needs
+    # gradients saves host time, which short GPU calls wait on. opcheck above checks its gradients.
+    require_backend("cpu", "cpu")
+    for op in ("attention_layernorm_fwd", "softmax_pool_fwd"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"lstm_attn::{op}", "Autograd"), op
+    inputs = [t.requires_grad_(True) for t in attention_layernorm_inputs(2, 3, 5, 8, torch.float32, "cpu")]
+    out = torch.ops.lstm_attn.attention_layernorm_fwd(*inputs, 1e-5, 0.35)
+    assert out[0].grad_fn is not None and type(out[0].grad_fn).__name__ == "CppFunction"
+    assert all(t.grad_fn is None and not t.requires_grad for t in out[1:])  # attn and the statistics
+
+
 def test_gradcheck_float64():
     require_backend("cpu", "cpu")
     for Tq, Tk in [(1, 1), (3, 5), (4, 4)]:

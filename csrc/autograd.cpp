@@ -1,0 +1,96 @@
+// Autograd for the extension's forward ops, registered for the Autograd dispatch key of their schemas, so a call
+// that needs gradients pays for one C++ autograd node rather than a Python autograd.Function (torch.library's
+// register_autograd): that is tens of microseconds per forward+backward of host time, which the GPU's short
+// calls wait on. Each backward is its *_bwd op, so the device kernels (CPU and CUDA) stay where they are and
+// torch.compile traces the same two ops as before. The Triton ops keep their Python registration (ops.py).
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+namespace lstm_attn {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::tensor_list;
+
+class AttentionLayerNorm : public torch::autograd::Function<AttentionLayerNorm> {
+ public:
+  static tensor_list forward(AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                             const at::Tensor& residual, const at::Tensor& weight, const at::Tensor& bias,
+                             double eps, double scale) {
+    static auto fwd = c10::Dispatcher::singleton()
+                          .findSchemaOrThrow("lstm_attn::attention_layernorm_fwd", "")
+                          .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+                              const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                              const at::Tensor&, const at::Tensor&, double, double)>();
+    // Below Autograd: the call reaches the device kernel instead of coming back here.
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [out, attn, lse, mean, rstd] = fwd.call(q, k, v, residual, weight, bias, eps, scale);
+    ctx->mark_non_differentiable({attn, lse, mean, rstd});
+    ctx->save_for_backward({q, k, v, residual, weight, attn, lse, mean, rstd});
+    ctx->saved_data["scale"] = scale;
+    return {out, attn, lse, mean, rstd};
+  }
+
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    static auto bwd = c10::Dispatcher::singleton()
+                          .findSchemaOrThrow("lstm_attn::attention_layernorm_bwd", "")
+                          .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+                              const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                              const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                              const at::Tensor&, const at::Tensor&, double)>();
+    // grads[0] is defined even when nothing used out: a Function materializes such gradients as zeros.
+    const auto s = ctx->get_saved_variables();
+    auto [dq, dk, dv, dresidual, dweight, dbias] =
+        bwd.call(grads[0].contiguous(), s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8],
+                 ctx->saved_data["scale"].toDouble());
+    return {dq, dk, dv, dresidual, dweight, dbias, at::Tensor(), at::Tensor()};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_layernorm_fwd_autograd(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& residual,
+    const at::Tensor& weight, const at::Tensor& bias, double eps, double scale) {
+  auto r = AttentionLayerNorm::apply(q, k, v, residual, weight, bias, eps, scale);
+  return {r[0], r[1], r[2], r[3], r[4]};
+}
+
+class SoftmaxPool : public torch::autograd::Function<SoftmaxPool> {
+ public:
+  static tensor_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& u, const at::Tensor& c) {
+    static auto fwd = c10::Dispatcher::singleton()
+                          .findSchemaOrThrow("lstm_attn::softmax_pool_fwd", "")
+                          .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                    const at::Tensor&)>();
+    at::AutoDispatchBelowADInplaceOrView below_autograd;  // as in AttentionLayerNorm::forward
+    auto [pooled, lse] = fwd.call(x, u, c);
+    ctx->mark_non_differentiable({lse});
+    ctx->save_for_backward({x, u, c, pooled, lse});
+    return {pooled, lse};
+  }
+
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    static auto bwd = c10::Dispatcher::singleton()
+                          .findSchemaOrThrow("lstm_attn::softmax_pool_bwd", "")
+                          .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+                              const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                              const at::Tensor&, const at::Tensor&)>();
+    const auto s = ctx->get_saved_variables();
+    auto [dx, du, dc] = bwd.call(grads[0].contiguous(), s[0], s[1], s[2], s[3], s[4]);
+    return {dx, du, dc};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> softmax_pool_fwd_autograd(const at::Tensor& x, const at::Tensor& u,
+                                                             const at::Tensor& c) {
+  auto r = SoftmaxPool::apply(x, u, c);
+  return {r[0], r[1]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lstm_attn, Autograd, m) {
+  m.impl("attention_layernorm_fwd", &attention_layernorm_fwd_autograd);
+  m.impl("softmax_pool_fwd", &softmax_pool_fwd_autograd);
+}
+
+}  // namespace lstm_attn
