@@ -176,7 +176,7 @@ if [ $HAS_GPU = 1 ]; then
         --out "$MODEL_JSON" --time-budget $((limit > 35 ? limit - 20 : 15))
     # Where the time of the sweep's calls goes (host or device, which kernels): the smallest and largest H.
     limit=$(limit_for 45 10)
-    step "profile" 45 10 - "$PY" -m lstm_attn.cli profile --device cuda --T 256,1024 --H 64,512 \
+    step "profile" 45 10 - "$PY" -m lstm_attn.cli profile --device cuda --T 256,1024 --H 64,512 --iters 10 \
         --out "$OUT/profile-$SLUG-$DATE.json" --time-budget $((limit > 25 ? limit - 15 : 10))
     }
 else
