@@ -26,3 +26,13 @@ def pytest_collection_modifyitems(config, items):
 def pytest_terminal_summary(terminalreporter):
     skipped = len(terminalreporter.stats.get("skipped", []))
     terminalreporter.write_line(f"lstm_attn: {skipped} tests skipped (reasons listed above)")
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny shapes gain nothing from threads, and on a busy machine OpenMP's waiting threads can stall each call
+    for a second: one thread keeps the benchmark tools' tests fast wherever they run."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)

@@ -14,14 +14,7 @@ from lstm_attn.cli import main
 TINY = ["bench", "--device", "cpu", "--quick", "--tokens", "64", "--T", "16,32", "--H", "8"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny shapes gain nothing from threads, and on a busy machine OpenMP's waiting threads can stall each call
-    # for a second: one thread keeps these tests fast wherever they run.
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_flop_and_byte_model_on_hand_computed_cases():

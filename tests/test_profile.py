@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from lstm_attn.bench import profile
 from lstm_attn.cli import main
@@ -11,12 +10,7 @@ from lstm_attn.cli import main
 TINY = ["profile", "--device", "cpu", "--tokens", "24", "--T", "8,12", "--H", "8", "--iters", "3"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_profile_splits_each_call_and_names_our_operators(tmp_path, capsys):

@@ -30,7 +30,8 @@ from lstm_attn.bench import cases
 from lstm_attn.bench.env import device_slug, environment
 from lstm_attn.bench.report import fmt_ms
 from lstm_attn.bench.schema import write_json
-from lstm_attn.bench.sweep import _names, _positive_ints
+from lstm_attn.bench.sweep import check_limits, device_kind, names_in, positive_ints, sequence_lengths
+from lstm_attn.bench.timing import sync
 
 SCHEMA = "lstm_attn.profile/1"
 PASS = "fwd+bwd"
@@ -62,43 +63,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace) -> dict:
-    kind = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda, but torch sees no CUDA GPU here")
+    kind = device_kind(args.device)
     spec = {**DEFAULTS[kind], **{k: v for k in ("tokens", "T", "H", "dtypes", "backends")
                                  if (v := getattr(args, k)) is not None}}
     tokens = spec["tokens"]
-    if tokens <= 0:
-        raise ValueError(f"--tokens must be positive, got {tokens}")
-    Ts = _positive_ints(str(spec["T"]), "--T")
-    for T in Ts:
-        if tokens % T:
-            raise ValueError(f"--tokens {tokens} is not a multiple of T = {T}: B = tokens / T must be whole")
+    Ts = sequence_lengths(tokens, spec["T"])
     if args.iters < 1:
         raise ValueError(f"--iters must be at least 1, got {args.iters}")
-    if args.time_budget is not None and args.time_budget <= 0:
-        raise ValueError(f"--time-budget must be positive seconds, got {args.time_budget}")
-    if args.threads is not None and args.threads <= 0:
-        raise ValueError(f"--threads must be positive, got {args.threads}")
-    return dict(device=torch.device(kind), tokens=tokens, Ts=Ts, Hs=_positive_ints(str(spec["H"]), "--H"),
-                dtypes=_names(spec["dtypes"], "--dtypes", cases.DTYPES),
-                backends=_names(spec["backends"], "--backends", cases.PROVIDERS))
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    check_limits(args.time_budget, args.threads)
+    return dict(device=torch.device(kind), tokens=tokens, Ts=Ts, Hs=positive_ints(str(spec["H"]), "--H"),
+                dtypes=names_in(spec["dtypes"], "--dtypes", cases.DTYPES),
+                backends=names_in(spec["backends"], "--backends", cases.PROVIDERS))
 
 
 def _clock(run, device: torch.device, n_sets: int, iters: int, *, wait: bool) -> float:
     """Median ms per call; each call starts on an idle device and, with wait, ends when the device is done."""
     times = []
     for i in range(iters):
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         run(i % n_sets)
         if wait:
-            _sync(device)
+            sync(device)
         times.append((time.perf_counter() - start) * 1e3)
     return float(np.median(times))
 
@@ -138,15 +124,15 @@ def profile_row(provider: str, dtype: str, B: int, T: int, H: int, device: torch
     try:
         for i in range(3):  # compile, autotune, the allocator's first blocks
             run(i % len(sets))
-        _sync(device)
+        sync(device)
         row["wall_ms"] = _clock(run, device, len(sets), iters, wait=True)
         row["host_ms"] = _clock(run, device, len(sets), iters, wait=False)
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-        _sync(device)
+        sync(device)
         with profile(activities=activities) as prof:
             for i in range(iters):
                 run(i % len(sets))
-            _sync(device)
+            sync(device)
     except Exception as exc:  # noqa: BLE001  (one provider failing on one shape leaves the rest to run)
         return {**row, "status": f"error: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"}
     row["device_ms"], row["kernels"] = _kernels(prof, device, iters)

@@ -91,7 +91,7 @@ class Config:
     seed: int
 
 
-def _names(text: str, option: str, known) -> list[str]:
+def names_in(text: str, option: str, known) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
         raise ValueError(f"{option} is empty")
@@ -101,7 +101,7 @@ def _names(text: str, option: str, known) -> list[str]:
     return names
 
 
-def _positive_ints(text: str, what: str) -> list[int]:
+def positive_ints(text: str, what: str) -> list[int]:
     values = []
     for item in text.split(","):
         try:
@@ -120,39 +120,55 @@ def _model_shapes(text: str) -> list[tuple[int, int]]:
         parts = item.lower().split("x")
         if len(parts) != 2:
             raise ValueError(f"--model-shapes takes BxT items such as 256x1024, got {item!r}")
-        B, T = _positive_ints(",".join(parts), f"--model-shapes item {item!r}")
+        B, T = positive_ints(",".join(parts), f"--model-shapes item {item!r}")
         shapes.append((B, T))
     return shapes
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
-    """The sweep to run; a ValueError that names the argument for anything it cannot be."""
-    kind = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+def device_kind(requested: str | None) -> str:
+    """--device, defaulting to cuda when a GPU is visible; asking for a missing GPU is an error."""
+    kind = requested or ("cuda" if torch.cuda.is_available() else "cpu")
     if kind == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda, but torch sees no CUDA GPU here")
-    given = {k: getattr(args, k) for k in ("tokens", "T", "H", "dtypes", "model_shapes", "model_dtypes")}
-    spec = {**(QUICK if args.quick else DEFAULTS)[kind], **{k: v for k, v in given.items() if v is not None}}
-    tokens = spec["tokens"]
+    return kind
+
+
+def sequence_lengths(tokens: int, T_text: str) -> list[int]:
+    """--T, each length a divisor of --tokens (B = tokens / T must be whole)."""
     if tokens <= 0:
         raise ValueError(f"--tokens must be positive, got {tokens}")
-    Ts = _positive_ints(str(spec["T"]), "--T")
+    Ts = positive_ints(str(T_text), "--T")
     for T in Ts:
         if tokens % T:
             raise ValueError(f"--tokens {tokens} is not a multiple of T = {T}: B = tokens / T must be whole")
+    return Ts
+
+
+def check_limits(time_budget: float | None, threads: int | None) -> None:
+    if time_budget is not None and time_budget <= 0:
+        raise ValueError(f"--time-budget must be positive seconds, got {time_budget}")
+    if threads is not None and threads <= 0:
+        raise ValueError(f"--threads must be positive, got {threads}")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The sweep to run; a ValueError that names the argument for anything it cannot be."""
+    kind = device_kind(args.device)
+    given = {k: getattr(args, k) for k in ("tokens", "T", "H", "dtypes", "model_shapes", "model_dtypes")}
+    spec = {**(QUICK if args.quick else DEFAULTS)[kind], **{k: v for k, v in given.items() if v is not None}}
+    tokens = spec["tokens"]
+    Ts = sequence_lengths(tokens, spec["T"])
+    check_limits(args.time_budget, args.threads)
     out = Path(args.out)
-    if args.time_budget is not None and args.time_budget <= 0:
-        raise ValueError(f"--time-budget must be positive seconds, got {args.time_budget}")
-    if args.threads is not None and args.threads <= 0:
-        raise ValueError(f"--threads must be positive, got {args.threads}")
     return Config(
         device=torch.device(kind),
-        cases=_names(args.cases, "--cases", CASES),
-        providers=_names(args.backends or ",".join(cases.DEFAULT_PROVIDERS[kind]), "--backends", cases.PROVIDERS),
-        tokens=tokens, Ts=Ts, Hs=_positive_ints(str(spec["H"]), "--H"),
-        dtypes=_names(spec["dtypes"], "--dtypes", cases.DTYPES),
-        passes=_names(args.passes, "--passes", cases.PASSES),
+        cases=names_in(args.cases, "--cases", CASES),
+        providers=names_in(args.backends or ",".join(cases.DEFAULT_PROVIDERS[kind]), "--backends", cases.PROVIDERS),
+        tokens=tokens, Ts=Ts, Hs=positive_ints(str(spec["H"]), "--H"),
+        dtypes=names_in(spec["dtypes"], "--dtypes", cases.DTYPES),
+        passes=names_in(args.passes, "--passes", cases.PASSES),
         model_shapes=_model_shapes(spec["model_shapes"]),
-        model_dtypes=_names(spec["model_dtypes"], "--model-dtypes", model_step.DTYPES),
+        model_dtypes=names_in(spec["model_dtypes"], "--model-dtypes", model_step.DTYPES),
         budget=BUDGETS["quick" if args.quick else kind], out=out, quick=args.quick,
         time_budget=args.time_budget, threads=args.threads, seed=args.seed,
     )

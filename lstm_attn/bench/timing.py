@@ -35,7 +35,7 @@ class Budget:
     max_reps: int = 1000
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -52,7 +52,7 @@ def measure(run: Callable[[int], object], device: torch.device, *, n_sets: int =
     while calls < max(n_sets, 2) or (time.perf_counter() - start) * 1e3 < budget.warmup_ms:
         setup(calls % n_sets)
         run(calls % n_sets)
-        _sync(device)
+        sync(device)
         calls += 1
         if calls == 1:  # the first call may compile: leave it out of the estimate
             start = time.perf_counter()
