@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from lstm_attn.bench import profile
 from lstm_attn.cli import main
@@ -60,3 +61,36 @@ def test_time_budget_leaves_later_rows_listed_not_run(tmp_path):
     doc = json.loads(out.read_text())
     assert doc["rows"] == []
     assert doc["config"]["not_run"] == ["float32 B=3 T=8 H=8 reference", "float32 B=2 T=12 H=8 reference"]
+
+
+class _Event:
+    def __init__(self, name, device_type, us):
+        self.name, self.device_type, self.self_cpu_time_total = name, device_type, us
+        self.time_range = type("Interval", (), {"elapsed_us": lambda _: us})()
+
+
+class _Profile:
+    def __init__(self, events):
+        self._events = events
+
+    def events(self):
+        return self._events
+
+
+def test_gpu_kernel_times_come_from_device_events_only():
+    # The GPU branch of the aggregation, fed the events torch.profiler gives: CPU-side launch calls carry no
+    # device time; kernels and memsets do.
+    from torch.autograd import DeviceType
+    cuda = torch.device("cuda")
+    events = [_Event("cudaLaunchKernel", DeviceType.CPU, 50.0),
+              *(_Event("_attention_bwd_dkdv_kernel", DeviceType.CUDA, 300.0) for _ in range(2)),
+              *(_Event("_attention_layernorm_fwd_kernel", DeviceType.CUDA, 100.0) for _ in range(2)),
+              _Event("Memset (Device)", DeviceType.CUDA, 4.0)]
+    device_ms, kernels = profile._kernels(_Profile(events), cuda, iters=2)
+    assert device_ms == pytest.approx((600 + 200 + 4) / 1e3 / 2)
+    assert [k["name"] for k in kernels] == ["_attention_bwd_dkdv_kernel", "_attention_layernorm_fwd_kernel",
+                                            "Memset (Device)"]
+    assert kernels[0] == {"name": "_attention_bwd_dkdv_kernel", "ms": pytest.approx(0.3), "calls": 1.0}
+    assert kernels[2]["calls"] == 0.5
+    # Without CUPTI the profile holds CPU events only: the device time is unknown, not zero.
+    assert profile._kernels(_Profile(events[:1]), cuda, iters=2) == (None, [])

@@ -6,7 +6,8 @@ the op's forward+backward (the sweep's inputs and runners) and records, per call
   host_ms    median time the host takes to issue the call, started on an idle device and stopped before any
              synchronize: Python, the dispatcher, autograd, the launchers
   device_ms  (GPU) the summed duration of the kernels the call ran, from torch.profiler's CUDA activity;
-             kernels lists them, heaviest first, with their time and launches per call
+             kernels lists them, heaviest first, with their time and launches per call (null where the
+             profiler could record no kernels)
 On a GPU, host_ms close to wall_ms with device_ms well below means the call is launch-bound: faster kernels would
 not show. On a CPU host and device are one: device_ms is null and kernels lists the operators by self CPU time.
 Unlike the sweep the L2 is not flushed between calls and nothing is checked against the reference (the sweep
@@ -104,6 +105,10 @@ def _kernels(prof, device: torch.device, iters: int) -> tuple[float | None, list
             elapsed = event.self_cpu_time_total
         ms[event.name] += elapsed / 1e3
         launches[event.name] += 1
+    if device.type == "cuda" and not ms:
+        # CUPTI can be unavailable (a container without profiling rights): no kernel time is not zero kernel time.
+        print("  torch.profiler recorded no CUDA kernels (is CUPTI available?): device time left unknown", flush=True)
+        return None, []
     top = sorted(ms, key=ms.get, reverse=True)[:TOP_KERNELS]
     kernels = [{"name": name, "ms": ms[name] / iters, "calls": launches[name] / iters} for name in top]
     return (sum(ms.values()) / iters if device.type == "cuda" else None), kernels
