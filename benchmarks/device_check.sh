@@ -4,7 +4,7 @@
 #
 #   benchmarks/device_check.sh [OUT]        (or OUT=... in the environment; default ./device-check-out)
 #
-# Writes at most 9 files into OUT: device_check.log, pytest-gpu.log, sanitizer.log, bench-<gpu>-<date>.json,
+# Writes at most 10 files into OUT (ncu.log with NCU=1): device_check.log, pytest-gpu.log, sanitizer.log, bench-<gpu>-<date>.json,
 # model-<gpu>-<date>.json, profile-<gpu>-<date>.json (host/device split and heaviest kernels per call),
 # summary-<gpu>-<date>.md and its -speedup.png and -tflops.png.
 # Every step runs under `timeout`; a step that fails or runs out of time is reported and the next one runs.
@@ -12,7 +12,9 @@
 # CPU sweep, the report) and exits 0 if those passed.
 #
 # Environment: BUDGET_S (default 420) seconds for the whole script; PYTHON (default python3); MAX_JOBS (16);
-# CHECKS_ONLY=1 skips the sweep and the model baselines (a re-check of correctness after a fix);
+# CHECKS_ONLY=1 skips the sweep and the model baselines (a re-check of correctness after a fix); NCU=1 adds an
+# Nsight Compute report (speed of light, occupancy, launch statistics) of every attention kernel of one
+# forward+backward per backend and dtype at T=1024 H=512 and T=256 H=64, into ncu.log (about a minute);
 # TORCH_CUDA_ARCH_LIST (default: this GPU's); LSTM_ATTN_GIT_COMMIT, recorded in the results (the device's copy
 # of the tree may have no .git).
 set -uo pipefail
@@ -60,6 +62,27 @@ for dtype in (torch.float32, torch.bfloat16):
     pooled.backward(torch.randn_like(pooled))
 torch.cuda.synchronize()
 print("memcheck script: attention_layernorm and softmax_pool forward+backward ran on backend 'cuda'")
+PY
+    ;;
+__ncu_workload)
+    # One forward+backward per (backend, dtype) on the slowest goal shape and the smallest, for Nsight Compute.
+    exec "$PY" - <<'PY'
+import torch
+import lstm_attn
+
+torch.manual_seed(0)
+for T, H in ((1024, 512), (256, 64)):
+    for dtype in (torch.float32, torch.bfloat16):
+        for backend in ("cuda", "triton"):
+            if not lstm_attn.available_backends("cuda")[backend].available:
+                continue
+            q, k, v, residual = (torch.randn(16384 // T, T, H, device="cuda", dtype=dtype, requires_grad=True)
+                                 for _ in range(4))
+            weight, bias = (torch.randn(H, device="cuda", dtype=dtype, requires_grad=True) for _ in range(2))
+            out = lstm_attn.attention_layernorm(q, k, v, residual, weight, bias, backend=backend)
+            out.backward(torch.randn_like(out))
+torch.cuda.synchronize()
+print("ncu workload: attention_layernorm forward+backward ran on cuda and triton")
 PY
     ;;
 esac
@@ -178,6 +201,11 @@ if [ $HAS_GPU = 1 ]; then
     limit=$(limit_for 45 10)
     step "profile" 45 10 - "$PY" -m lstm_attn.cli profile --device cuda --T 256,1024 --H 64,512 --iters 10 \
         --out "$OUT/profile-$SLUG-$DATE.json" --time-budget $((limit > 25 ? limit - 15 : 10))
+    }
+    [ "${NCU:-0}" = 1 ] && {
+    NCU_BIN="$(command -v ncu || echo "${CUDA_HOME:-/usr/local/cuda}/bin/ncu")"
+    step "ncu" 120 10 ncu.log "$NCU_BIN" --kernel-name regex:"attention|layernorm" --section SpeedOfLight \
+        --section Occupancy --section LaunchStats bash "$SELF" __ncu_workload
     }
 else
     step "sweep (quick, CPU)" 120 15 - "$PY" -m lstm_attn.cli bench --device cpu --quick --out "$BENCH_JSON"
