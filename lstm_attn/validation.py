@@ -42,6 +42,16 @@ def _check_positive(name: str, size: int, what: str) -> None:
         raise ValueError(f"{name} has {what} = 0; it must be at least 1")
 
 
+def _is_number(x) -> bool:
+    # torch.compile(dynamic=True) hands Python floats in as SymFloat (ints as SymInt); bool is not a number here.
+    return isinstance(x, (int, float, torch.SymInt, torch.SymFloat)) and not isinstance(x, bool)
+
+
+def _finite(x) -> bool:
+    # Comparisons rather than math.isfinite, which cannot take a SymFloat; NaN fails both.
+    return -math.inf < x < math.inf
+
+
 def check_attention_layernorm(q, k, v, residual, weight, bias, eps, scale) -> None:
     _check_tensor("q", q, 3, "(B, Tq, H)")
     _check_tensor("k", k, 3, "(B, Tk, H)")
@@ -63,9 +73,9 @@ def check_attention_layernorm(q, k, v, residual, weight, bias, eps, scale) -> No
         if t.shape[0] != H:
             raise ValueError(f"{name} has shape {tuple(t.shape)}; expected (H,) = ({H},)")
     _check_same_device_and_dtype({"q": q, "k": k, "v": v, "residual": residual, "weight": weight, "bias": bias})
-    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
+    if not (_is_number(eps) and _finite(eps) and eps > 0):
         raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
-    if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale)):
+    if scale is not None and not (_is_number(scale) and _finite(scale)):
         raise ValueError(f"scale must be a finite number (or None for H ** -0.5), got {scale!r}")
 
 

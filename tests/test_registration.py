@@ -92,6 +92,18 @@ def test_compile_fullgraph(backend, device):
         torch.testing.assert_close(a, b)
 
 
+def test_compile_dynamic_takes_eps_and_scale_as_arguments():
+    # dynamic=True traces Python floats as SymFloat: the checks must take them (math.isfinite cannot).
+    require_backend("cpu", "cpu")
+    torch._dynamo.reset()
+    inputs = attention_layernorm_inputs(2, 3, 5, 8, torch.float32, "cpu")
+    fn = torch.compile(lambda eps, scale: lstm_attn.attention_layernorm(*inputs, eps=eps, scale=scale, backend="cpu"),
+                       dynamic=True, fullgraph=True, backend="aot_eager")
+    for eps, scale in ((1e-5, 0.3), (1e-2, 0.5)):
+        torch.testing.assert_close(fn(eps, scale), lstm_attn.attention_layernorm(*inputs, eps=eps, scale=scale,
+                                                                                 backend="reference"))
+
+
 def test_compile_inductor_cpu():
     """The full default compiler (inductor, generating C++ here) around the op, once."""
     require_backend("cpu", "cpu")

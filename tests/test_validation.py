@@ -52,7 +52,7 @@ def test_bad_input_names_the_argument(backend, override, exc, fragments):
         assert fragment in str(info.value), f"{fragment!r} not in {str(info.value)!r}"
 
 
-@pytest.mark.parametrize("eps", [0.0, -1e-5, float("nan"), float("inf")])
+@pytest.mark.parametrize("eps", [0.0, -1e-5, float("nan"), float("inf"), True, "1e-5"])
 def test_bad_eps(eps):
     with pytest.raises(ValueError, match="eps must be a finite number > 0"):
         lstm_attn.attention_layernorm(**good(), eps=eps)
