@@ -198,13 +198,14 @@ if [ $HAS_GPU = 1 ]; then
     step "model baselines" 80 55 - "$PY" -m lstm_attn.cli bench --device cuda --cases model_step \
         --out "$MODEL_JSON" --time-budget $((limit > 35 ? limit - 20 : 15))
     # Where the time of the sweep's calls goes (host or device, which kernels): the smallest and largest H.
-    limit=$(limit_for 45 10)
-    step "profile" 45 10 - "$PY" -m lstm_attn.cli profile --device cuda --T 256,1024 --H 64,512 --iters 10 \
+    limit=$(limit_for 45 25)
+    step "profile" 45 25 - "$PY" -m lstm_attn.cli profile --device cuda --T 256,1024 --H 64,512 --iters 10 \
         --out "$OUT/profile-$SLUG-$DATE.json" --time-budget $((limit > 25 ? limit - 15 : 10))
     }
     [ "${NCU:-0}" = 1 ] && {
     NCU_BIN="$(command -v ncu || echo "${CUDA_HOME:-/usr/local/cuda}/bin/ncu")"
-    step "ncu" 120 10 ncu.log "$NCU_BIN" --kernel-name regex:"attention|layernorm" --section SpeedOfLight \
+    # The report after it needs some 20 s.
+    step "ncu" 120 25 ncu.log "$NCU_BIN" --kernel-name regex:"attention|layernorm" --section SpeedOfLight \
         --section Occupancy --section LaunchStats bash "$SELF" __ncu_workload
     }
 else
