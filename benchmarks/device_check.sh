@@ -224,7 +224,7 @@ fi
 echo
 echo "== steps (${SECONDS}s in all; outputs in $OUT)"
 printf '  %s\n' "${RESULTS[@]}"
-[ $HAS_GPU = 1 ] || echo "  no GPU here: the GPU steps (memcheck, GPU tests, GPU sweep, model baselines) did not run"
+[ $HAS_GPU = 1 ] || echo "  no GPU here: the GPU steps (sanitizers, GPU tests, GPU sweep, model baselines, profile, ncu) did not run"
 if [ -f "$OUT/$STEM.md" ]; then
     echo
     cat "$OUT/$STEM.md"
