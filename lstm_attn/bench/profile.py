@@ -29,7 +29,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from lstm_attn.bench import cases
 from lstm_attn.bench.env import device_slug, environment
-from lstm_attn.bench.report import fmt_ms
+from lstm_attn.bench.report import fmt_ms, markdown_table
 from lstm_attn.bench.schema import write_json
 from lstm_attn.bench.sweep import check_limits, device_kind, names_in, positive_ints, sequence_lengths
 from lstm_attn.bench.timing import sync
@@ -146,21 +146,21 @@ def profile_row(provider: str, dtype: str, B: int, T: int, H: int, device: torch
 
 def table(rows: list[dict], device_type: str) -> str:
     """Markdown: one line per row, the heaviest kernels abbreviated."""
-    lines = ["| dtype | B | T | H | backend | wall ms | host ms | device ms | heaviest (ms per call × launches) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    body = []
     for r in rows:
         s = r["shape"]
+        head = [r["dtype"], str(s["B"]), str(s["T"]), str(s["H"]), r["backend"]]
         if r["status"] != "ok":
-            lines.append(f"| {r['dtype']} | {s['B']} | {s['T']} | {s['H']} | {r['backend']} | {r['status']} "
-                         "| | | |")
+            body.append([*head, r["status"], "", "", ""])
             continue
         top = "; ".join(f"{k['name'][:48]} {fmt_ms(k['ms'])}×{k['calls']:g}" for k in r["kernels"][:3])
-        lines.append(f"| {r['dtype']} | {s['B']} | {s['T']} | {s['H']} | {r['backend']} | {fmt_ms(r['wall_ms'])} "
-                     f"| {fmt_ms(r['host_ms'])} | {fmt_ms(r['device_ms'])} | {top} |")
+        body.append([*head, fmt_ms(r["wall_ms"]), fmt_ms(r["host_ms"]), fmt_ms(r["device_ms"]), top])
+    text = markdown_table(["dtype", "B", "T", "H", "backend", "wall ms", "host ms", "device ms",
+                           "heaviest (ms per call × launches)"], body)
     if device_type == "cpu":
-        lines.append("\nOn CPU host and device are one: device ms is left out and the operators are listed by self "
-                     "CPU time.")
-    return "\n".join(lines)
+        text += ("\n\nOn CPU host and device are one: device ms is left out and the operators are listed by self "
+                 "CPU time.")
+    return text
 
 
 def run(args: argparse.Namespace) -> int:

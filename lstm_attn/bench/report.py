@@ -58,7 +58,7 @@ def _x(x: float | None) -> str:
     return "–" if x is None else f"{x:.2f}x"
 
 
-def _table(header: list[str], body: list[list[str]]) -> str:
+def markdown_table(header: list[str], body: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body])
 
@@ -118,7 +118,7 @@ def device_tables(docs: list[dict]) -> str:
                         line.append(f"{_x(r['speedup_vs_best_peer'])} ({r['best_peer']})"
                                     if ok and r["best_peer"] else "–")
                 body.append(line)
-            parts.append(f"**{case} {pass_}** (ms: median; ×: speedup)\n\n{_table(header, body)}\n")
+            parts.append(f"**{case} {pass_}** (ms: median; ×: speedup)\n\n{markdown_table(header, body)}\n")
     return "\n".join(parts)
 
 
@@ -136,7 +136,7 @@ def cross_device_table(rows: list[dict]) -> str:
             line.append(f"{_x(r['speedup_vs_reference'])} ({_x(r['speedup_vs_best_peer'])})"
                         if r and r["status"] == "ok" else "–")
         body.append(line)
-    return _table(["case", "pass", "dtype", "B", "T", "H", *(f"{b} on {d}" for d, b in columns)], body)
+    return markdown_table(["case", "pass", "dtype", "B", "T", "H", *(f"{b} on {d}" for d, b in columns)], body)
 
 
 def goals_table(rows: list[dict], envs: dict[str, dict]) -> str:
@@ -162,7 +162,7 @@ def goals_table(rows: list[dict], envs: dict[str, dict]) -> str:
                 verdicts.append(f"vs {peer} {speedup:.2f}x (goal {target}x)")
             body.append([r["device"], r["backend"], *map(str, _shape_key(r)), "; ".join(verdicts),
                          "yes" if met else "**no**"])
-    return _table(["device", "backend", "dtype", "B", "T", "H", "speedups", "met"], body) if body else \
+    return markdown_table(["device", "backend", "dtype", "B", "T", "H", "speedups", "met"], body) if body else \
         "No row matches a goal's shape, dtype and backend."
 
 
