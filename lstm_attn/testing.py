@@ -35,18 +35,19 @@ def parity_failure(actual: torch.Tensor, ref64: torch.Tensor, ref_lowp: torch.Te
     a, r = a[finite], r[finite]
     err = (a - r).abs().max().item()
     scale = max(1.0, r.abs().max().item())
-    if actual.dtype in LOW_PRECISION:
-        if ref_lowp is None:
-            raise ValueError(f"{actual.dtype} needs ref_lowp, the reference computed in {actual.dtype}")
+    lowp_err = None
+    if ref_lowp is not None:
         lowp_err = (ref_lowp.detach().double().to(actual.device)[finite] - r).abs().max().item()
+    if actual.dtype in LOW_PRECISION:
+        if lowp_err is None:
+            raise ValueError(f"{actual.dtype} needs ref_lowp, the reference computed in {actual.dtype}")
         rounding = torch.finfo(actual.dtype).eps / 2
         bound = 2 * lowp_err + rounding * scale
         rule = f"2 x {lowp_err:.3e} (reference in {actual.dtype}) + {rounding:g} x {scale:.3g}"
     else:
         bound = _TIGHT[actual.dtype] * scale
         rule = f"{_TIGHT[actual.dtype]:g} x {scale:.3g}"
-        if ref_lowp is not None:
-            lowp_err = (ref_lowp.detach().double().to(actual.device)[finite] - r).abs().max().item()
+        if lowp_err is not None:
             bound += 2 * lowp_err
             rule += f" + 2 x {lowp_err:.3e} (reference in {ref_lowp.dtype})"
     if err > bound:
