@@ -14,6 +14,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
+from lstm_attn.bench.timing import sync
 from lstm_attn.data import Split, mae, rmse
 
 
@@ -30,16 +31,12 @@ class Throughput(pl.Callback):
         self.seconds = 0.0
         self._start = 0.0
 
-    def _sync(self, pl_module) -> None:
-        if pl_module.device.type == "cuda":
-            torch.cuda.synchronize(pl_module.device)
-
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self._sync(pl_module)
+        sync(pl_module.device)
         self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self._sync(pl_module)
+        sync(pl_module.device)
         self.steps += 1
         if self.steps > self.warmup_steps:
             self.seconds += time.perf_counter() - self._start
