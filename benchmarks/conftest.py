@@ -6,8 +6,12 @@ parametrize, and as the `bench_device` fixture when they run. Triton is timed on
 CPU interpreter (lstm_attn.bench.cases refuses it there).
 """
 
+import time
+
 import pytest
 import torch
+
+from lstm_attn.bench.timing import sync
 
 
 def pytest_addoption(parser):
@@ -25,3 +29,24 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def bench_device(pytestconfig) -> torch.device:
     return torch.device(pytestconfig.bench_device)
+
+
+@pytest.fixture
+def timed(benchmark, bench_device):
+    """benchmark.pedantic in benchmark group `group`, its rounds sized so that timing takes about `seconds`: one
+    call first (compilation, autotuning, first-call allocations) outside the timing, a second to size the rounds.
+    Each call ends with a synchronize, so a GPU call is timed to its end; `setup` (untimed) runs before each."""
+    def run(call, *, group: str, seconds: float, min_rounds: int, max_rounds: int, setup=None):
+        def synced():
+            call()
+            sync(bench_device)
+
+        for _ in range(2):
+            start = time.perf_counter()
+            if setup:
+                setup()
+            synced()
+        rounds = max(min_rounds, min(max_rounds, int(seconds / (time.perf_counter() - start))))
+        benchmark.group = group
+        benchmark.pedantic(synced, setup=setup, rounds=rounds, warmup_rounds=1)
+    return run

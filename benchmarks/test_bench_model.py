@@ -7,8 +7,6 @@ plain torch, "lstm_attn[cpu]" the same path through the C++ kernel; the LSTM, id
 bounds the speedup. Run: `pytest benchmarks/test_bench_model.py --benchmark-only`.
 """
 
-import time
-
 import pytest
 import torch
 
@@ -21,16 +19,6 @@ CASES = {"model fwd+bwd B=64 T=256 input=8 H=64 layers=2": (64, 256, 8, 64, 2),
 MODELS = ("seed", "lstm_attn[reference]", "lstm_attn[cpu]")
 ATTENTION_CASE, ATTENTION_SHAPE = "AttentionLayer fwd+bwd B=64 T=256 H=64", (64, 256, 64)  # (B, T, H)
 SECONDS_PER_BENCHMARK, MIN_ROUNDS, MAX_ROUNDS = 3.0, 5, 100
-
-
-def timed(benchmark, group: str, step) -> None:
-    step()  # first-call work (oneDNN primitives, allocations) stays out of the timing
-    start = time.perf_counter()
-    step()
-    rounds = max(MIN_ROUNDS, min(MAX_ROUNDS, int(SECONDS_PER_BENCHMARK / (time.perf_counter() - start))))
-    benchmark.group = group
-    benchmark.extra_info.update(threads=torch.get_num_threads())
-    benchmark.pedantic(step, rounds=rounds, warmup_rounds=1)
 
 
 def build(model: str, input_size: int, hidden_size: int, num_layers: int) -> torch.nn.Module:
@@ -49,7 +37,7 @@ def build(model: str, input_size: int, hidden_size: int, num_layers: int) -> tor
 
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("case", CASES)
-def test_model_forward_backward(benchmark, case, model):
+def test_model_forward_backward(benchmark, timed, case, model):
     B, T, input_size, hidden_size, num_layers = CASES[case]
     net = build(model, input_size, hidden_size, num_layers).train()
     x = torch.randn(B, T, input_size, generator=torch.Generator().manual_seed(1))
@@ -59,11 +47,12 @@ def test_model_forward_backward(benchmark, case, model):
         net.zero_grad(set_to_none=True)
         net.loss_fn(net(x), y).backward()
 
-    timed(benchmark, case, step)
+    benchmark.extra_info.update(threads=torch.get_num_threads())
+    timed(step, group=case, seconds=SECONDS_PER_BENCHMARK, min_rounds=MIN_ROUNDS, max_rounds=MAX_ROUNDS)
 
 
 @pytest.mark.parametrize("layer", ("seed", "lstm_attn"))
-def test_attention_layer_forward_backward(benchmark, layer):
+def test_attention_layer_forward_backward(benchmark, timed, layer):
     B, T, H = ATTENTION_SHAPE
     torch.manual_seed(0)
     net = reference.AttentionLayer(H) if layer == "seed" else AttentionLayer(H)
@@ -75,4 +64,5 @@ def test_attention_layer_forward_backward(benchmark, layer):
         x.grad = None
         net(x).backward(grad)
 
-    timed(benchmark, ATTENTION_CASE, step)
+    benchmark.extra_info.update(threads=torch.get_num_threads())
+    timed(step, group=ATTENTION_CASE, seconds=SECONDS_PER_BENCHMARK, min_rounds=MIN_ROUNDS, max_rounds=MAX_ROUNDS)

@@ -7,12 +7,11 @@ The sweep (`lstm-attn bench`) covers more shapes and writes JSON; this suite is 
 """
 
 import itertools
-import time
 
 import pytest
-import torch
 
 from lstm_attn.bench import cases, parity
+from lstm_attn.bench.timing import sync
 
 PASSES = ("fwd+bwd", "fwd", "bwd")
 SHAPES = {"cpu": [(32, 256, 128)], "cuda": [(64, 256, 128), (16, 1024, 128)]}  # (B, T, H)
@@ -29,7 +28,7 @@ def pytest_generate_tests(metafunc):
     metafunc.parametrize("pass_, dtype, shape, provider", params)
 
 
-def test_attention_layernorm(benchmark, bench_device, pass_, dtype, shape, provider):
+def test_attention_layernorm(benchmark, timed, bench_device, pass_, dtype, shape, provider):
     B, T, H = shape
     group = cases.op_group(pass_, cases.DTYPES[dtype], B, T, H, [provider], bench_device, seed=0)
     candidate = group.candidates[0]
@@ -43,26 +42,12 @@ def test_attention_layernorm(benchmark, bench_device, pass_, dtype, shape, provi
     sets = itertools.cycle(range(group.n_sets))
     current = [0]
 
-    def sync():
-        if bench_device.type == "cuda":
-            torch.cuda.synchronize(bench_device)
-
     def setup():  # untimed: the next input set, and for bwd its forward
         current[0] = next(sets)
         if runner.setup:
             runner.setup(current[0])
-        sync()
+        sync(bench_device)
 
-    def call():
-        runner.run(current[0])
-        sync()
-
-    setup()
-    call()  # compile, autotune: outside the timing
-    start = time.perf_counter()
-    setup()
-    call()
-    rounds = max(MIN_ROUNDS, min(MAX_ROUNDS, int(SECONDS_PER_BENCHMARK / (time.perf_counter() - start))))
-    benchmark.group = f"attention_layernorm {pass_} {dtype} B={B} T={T} H={H}"
     benchmark.extra_info.update(backend=provider, flops_model=group.work.flops, bytes_model=group.work.bytes)
-    benchmark.pedantic(call, setup=setup, rounds=rounds, warmup_rounds=1)
+    timed(lambda: runner.run(current[0]), setup=setup, group=f"attention_layernorm {pass_} {dtype} B={B} T={T} H={H}",
+          seconds=SECONDS_PER_BENCHMARK, min_rounds=MIN_ROUNDS, max_rounds=MAX_ROUNDS)
