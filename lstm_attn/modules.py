@@ -11,6 +11,8 @@ builds K, V or the (T, T) scores: O(B*T*H + B*H^2) instead of O(B*T*H^2 + B*T^2*
 
 from __future__ import annotations
 
+import warnings
+
 import pytorch_lightning as pl
 import torch
 import torch.nn as nn
@@ -18,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import LayerNorm
 
+from lstm_attn import host
 from lstm_attn.backends import check_backend_name
 from lstm_attn.functional import attention_layernorm, softmax_pool
 
@@ -26,6 +29,27 @@ def _kernel_backend(backend: str) -> str:
     # An ONNX graph must hold standard ops only; the reference backend is plain torch, which every exporter
     # lowers to them. Eager, compiled and trained models keep the backend they were given.
     return "reference" if torch.onnx.is_in_onnx_export() else backend
+
+
+_warned_autocast_fallback: set[torch.dtype] = set()
+
+
+def _run_lstm(lstm: nn.LSTM, x: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """lstm(x), or, under CPU autocast on a CPU whose oneDNN has no LSTM in the autocast dtype, lstm(x) with
+    autocast off, in the LSTM's own dtype. The seed's model raises there; ours trains, with the rest of the
+    model (the Linear layers, the attention) still under autocast. Said once per process and dtype."""
+    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        dtype = torch.get_autocast_dtype("cpu")
+        reason = host.cpu_autocast_lstm_error(dtype)
+        if reason is not None:
+            if dtype not in _warned_autocast_fallback:
+                _warned_autocast_fallback.add(dtype)
+                warnings.warn(f"this CPU cannot run nn.LSTM under {dtype} autocast (oneDNN: {reason}); "
+                              f"LSTMWithAttention runs its LSTM in {lstm.weight_ih_l0.dtype} there and keeps "
+                              f"autocast for the rest of the model", RuntimeWarning)
+            with torch.autocast("cpu", enabled=False):
+                return lstm(x.to(lstm.weight_ih_l0.dtype))
+    return lstm(x)
 
 
 class AttentionLayer(nn.Module):
@@ -86,7 +110,7 @@ class LSTMWithAttention(pl.LightningModule):
         self.loss_fn = nn.MSELoss()
 
     def forward(self, x: Tensor) -> Tensor:
-        lstm_out, _ = self.lstm(x)
+        lstm_out, _ = _run_lstm(self.lstm, x)
         last = lstm_out[:, -1]
         return self.fc(self.layer_norm(self.attention.last_step(lstm_out) + last))
 
@@ -96,7 +120,7 @@ class LSTMWithAttention(pl.LightningModule):
         The seed computes this whole tensor and keeps its last row; forward needs only that row. This is for
         callers who want every step, through the fused attention + residual + LayerNorm op.
         """
-        h, _ = self.lstm(x)
+        h, _ = _run_lstm(self.lstm, x)
         attention = self.attention
         # Under autocast the Linear outputs and the LSTM output may be in a lower precision than LayerNorm's
         # parameters; the fused op takes one dtype, that of the sequence it streams (it accumulates in float32).

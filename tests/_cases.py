@@ -48,6 +48,15 @@ def attention_layernorm_inputs(B, Tq, Tk, H, dtype, device, seed=0):
             randn(H, scale=0.5, shift=1.0), randn(H, scale=0.5))
 
 
+def pool_inputs(B, T, H, dtype, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    # u scaled like the model's scale * Wk^T q, so the softmax is neither flat nor one-hot.
+    x = torch.randn(B, T, H, generator=g, dtype=torch.float64)
+    u = torch.randn(B, H, generator=g, dtype=torch.float64) * H**-0.5
+    c = torch.randn(B, generator=g, dtype=torch.float64)
+    return [t.to(device, dtype) for t in (x, u, c)]
+
+
 def check_op_parity(op, ref_op, inputs, grad_out, names=None):
     """Forward and every gradient of op(*inputs) against ref_op(*inputs) in float64 (and in the inputs' dtype
     when that is a low precision, for the 2x rule)."""

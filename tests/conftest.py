@@ -36,3 +36,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(saved)
+
+
+@pytest.fixture(params=["host", "forced"])
+def cpu_bf16_lstm_missing(request, monkeypatch):
+    """Whether the CPU counts as one without a bfloat16 LSTM in oneDNN (where our model runs its LSTM in float32
+    under CPU autocast): as this CPU's probe says ("host"), or always ("forced"), so that CPUs that have one test
+    the path of those that do not, and the suite passes on both kinds."""
+    from lstm_attn import host, modules
+
+    monkeypatch.setattr(modules, "_warned_autocast_fallback", set())
+    if request.param == "forced":
+        monkeypatch.setattr(host, "cpu_autocast_lstm_error", lambda dtype: "forced by the test")
+    return host.cpu_autocast_lstm_error(torch.bfloat16) is not None

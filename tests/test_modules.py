@@ -3,6 +3,7 @@ last-step path, the full-sequence features, Lightning behaviour, mixed precision
 
 import copy
 import inspect
+import warnings
 
 import pytest
 import torch
@@ -234,18 +235,39 @@ def test_sequence_features_equal_the_seeds_intermediate(backend, device, shape):
         assert_parity("fc(last row)", ours.fc(got["features"][:, -1]), seed64(x.double()))
 
 
+def lstm_out_of_autocast(lstm: torch.nn.LSTM) -> None:
+    """Make one LSTM run as ours does under CPU autocast on a CPU without a bfloat16 LSTM: autocast off, in its
+    own dtype. Applied to the seed's model, it gives the seed's accuracy under the same split of precisions."""
+    def forward(x, hx=None):
+        with torch.autocast("cpu", enabled=False):
+            return torch.nn.LSTM.forward(lstm, x.to(lstm.weight_ih_l0.dtype), hx)
+
+    lstm.forward = forward
+
+
 @pytest.mark.parametrize("backend, device", model_backend_params())
-def test_bf16_autocast_runs_and_stays_close(backend, device):
+def test_bf16_autocast_runs_and_stays_close(backend, device, cpu_bf16_lstm_missing):
     """Under autocast the LSTM and Linear outputs are bf16 while LayerNorm's parameters stay float32; the
-    model must run there (that is --precision bf16-mixed) with the seed's accuracy under the same autocast."""
+    model must run there (that is --precision bf16-mixed) with the seed's accuracy under the same autocast.
+    On a CPU whose oneDNN has no bfloat16 LSTM (AVX2-only x86) the seed cannot run at all; ours runs its LSTM
+    in float32 there, and is held to the seed with the same split of precisions."""
     require_backend(backend, device)
+    falls_back = cpu_bf16_lstm_missing and device == "cpu"
     seed, ours = pair(3, 32, 2, backend, device, dropout=0.0)
     x = torch.randn(4, 40, 3, device=device)
     exact = forward_backward(copy.deepcopy(seed).double(), x.double())
-    with torch.autocast(device, dtype=torch.bfloat16):
+    if falls_back:
+        lstm_out_of_autocast(seed.lstm)
+    lstm_dtypes = []
+    ours.lstm.register_forward_hook(lambda module, args, out: lstm_dtypes.append(out[0].dtype))
+    with warnings.catch_warnings(record=True) as caught, torch.autocast(device, dtype=torch.bfloat16):
+        warnings.simplefilter("always")
         got = forward_backward(ours, x)
         seeds = forward_backward(seed, x)
         features = ours.sequence_features(x)
+    assert lstm_dtypes == [torch.float32 if falls_back else torch.bfloat16] * 2
+    said = [w for w in caught if "cannot run nn.LSTM under torch.bfloat16 autocast" in str(w.message)]
+    assert len(said) == int(falls_back), [str(w.message) for w in caught]
     assert features.shape == (4, 40, 32) and torch.isfinite(features).all()
     for name in exact:
         err = (got[name].double() - exact[name]).abs().max().item()

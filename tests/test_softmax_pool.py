@@ -8,7 +8,7 @@ import torch
 
 import lstm_attn
 from _backends import fast_backend_params, require_backend
-from _cases import DTYPES, check_op_parity
+from _cases import DTYPES, check_op_parity, pool_inputs
 from lstm_attn import reference
 
 FULL_SHAPES = list(itertools.product((1, 3), (1, 7, 97, 130, 1025), (1, 8, 59, 64, 111, 128, 256, 512)))
@@ -25,15 +25,6 @@ def pool_params():
             params.append(pytest.param(backend, device, shape, dtype, marks=p.marks,
                                        id=f"{p.id}-{dt}-" + "x".join(map(str, shape))))
     return params
-
-
-def pool_inputs(B, T, H, dtype, device, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    # u scaled like the model's scale * Wk^T q, so the softmax is neither flat nor one-hot.
-    x = torch.randn(B, T, H, generator=g, dtype=torch.float64)
-    u = torch.randn(B, H, generator=g, dtype=torch.float64) * H**-0.5
-    c = torch.randn(B, generator=g, dtype=torch.float64)
-    return [t.to(device, dtype) for t in (x, u, c)]
 
 
 @pytest.mark.parametrize("backend, device, shape, dtype", pool_params())

@@ -77,9 +77,11 @@ LSTM_ATTN_MULTIVERSION void gemm_loops(int64_t m, int64_t n, int64_t k, const T*
   }
 }
 
-// float goes to oneDNN's JIT brgemm micro-kernel (MKL where oneDNN is unavailable): single-threaded, made for
-// cache-sized tiles inside at::parallel_for. It takes no transposed operands, so the kernels stage K^T, Q^T and
-// dO^T once per task instead.
+// float goes to torch's cpublas::brgemm: oneDNN's JIT micro-kernel where oneDNN reports the CPU's ISA fit for it,
+// torch's BLAS sgemm elsewhere (decided inside torch at run time, per host: AVX2-only and AVX-512 machines take
+// different code and round differently, within the parity tolerance; the result never depends on the thread count,
+// which tests/test_host.py checks). Single-threaded, made for cache-sized tiles inside at::parallel_for. It takes
+// no transposed operands, so the kernels stage K^T, Q^T and dO^T once per task instead.
 inline void gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
                  int64_t ldc, bool accumulate) {
 #if defined(CPUBLAS_BRGEMM_F32F32F32)

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 import lstm_attn
+from lstm_attn import host
 
 REPO = Path(lstm_attn.__file__).resolve().parent.parent
 
@@ -112,7 +113,9 @@ def environment(device: torch.device) -> dict:
         })
     else:
         # Other processes share a CPU's cores: the load at the start says how quiet the machine was.
-        env.update({"cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        # host.describe(): the instruction set torch dispatches to and what oneDNN can build here, which decide
+        # which code paths a CPU row measured.
+        env.update({"cores": os.cpu_count(), **host.describe(),
                     "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
                     "load_average_1min": round(os.getloadavg()[0], 2)})
     return env

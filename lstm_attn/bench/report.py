@@ -76,8 +76,9 @@ def _env_line(env: dict) -> str:
         hw = (f"{env.get('sm_count')} SMs, {env.get('memory_gib')} GiB, driver {env.get('driver')}, "
               f"CUDA {env.get('cuda')}")
     else:
-        hw = (f"{env.get('cores')} cores, {env.get('torch_threads')} torch threads (load "
-              f"{env.get('load_average_1min')} at the start), {env.get('memory_gib')} GiB")
+        hw = (f"{env.get('cores')} cores ({env.get('cpu_capability', 'ISA not recorded')}), "
+              f"{env.get('torch_threads')} torch threads (load {env.get('load_average_1min')} at the start), "
+              f"{env.get('memory_gib')} GiB")
     c = env["ceilings"]
     mm = ", ".join(f"{d} {v:.3g}" for d, v in c["matmul_tflops"].items())
     return (f"{hw}; torch {env['torch']}, triton {env.get('triton')}, lstm_attn {env['version']}, "
