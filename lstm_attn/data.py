@@ -25,31 +25,40 @@ BUILTIN_NAME = "co2"
 BUILTIN_SEASON = 52
 
 
+# What to do with values that are missing or not finite (empty cells, NaN, inf): fill gaps by linear
+# interpolation between their neighbours, or drop those rows. A gap at either end has one neighbour only, so
+# "interpolate" drops those rows instead of guessing them.
+FILL_METHODS = ("interpolate", "drop")
+
+
 class DataError(ValueError):
-    """The series cannot be used: a missing file or column, non-numeric values, too few rows."""
+    """The series cannot be used: a missing file or column, non-numeric or missing values, too few rows."""
 
 
 @dataclass(frozen=True)
 class Series:
     name: str
-    values: np.ndarray  # float64, no NaN, in time order
-    filled: int  # missing values filled by interpolation
+    values: np.ndarray  # float64, all finite, in time order
+    filled: int = 0  # missing values filled by interpolation
+    dropped: int = 0  # missing values whose rows were dropped
 
 
-def load_builtin() -> Series:
+def load_builtin(fill: str = "interpolate") -> Series:
+    """The built-in series; its 59 missing weeks are interpolated unless `fill` says otherwise."""
     from statsmodels.datasets import co2
 
-    return _clean(BUILTIN_NAME, co2.load_pandas().data["co2"])
+    return _clean(BUILTIN_NAME, co2.load_pandas().data["co2"], fill)
 
 
-def load_csv(path: str | Path, column: str) -> Series:
-    """One column of a CSV file, rows in time order. Empty cells are missing values; anything else that
-    is not a number is an error naming its row."""
+def load_csv(path: str | Path, column: str, fill: str | None = None) -> Series:
+    """One column of a CSV file, rows in time order. Anything that is not a number is an error naming its
+    row; so is a missing value (an empty cell or line, NaN, inf), unless `fill` says what to do with it."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"CSV file {str(path)!r} does not exist")
     try:
-        frame = pd.read_csv(path)
+        # A blank line is a missing value, not nothing: skipping it would shift every later row in time.
+        frame = pd.read_csv(path, skip_blank_lines=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise DataError(f"{str(path)!r} is not a readable CSV file: {exc}") from exc
     if column not in frame.columns:
@@ -61,22 +70,32 @@ def load_csv(path: str | Path, column: str) -> Series:
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise DataError(f"column {column!r} of {str(path)!r} has {int(bad.sum())} non-numeric value(s); the first is "
-                        f"{raw.iloc[row]!r} in data row {row + 1}")
-    return _clean(f"{path.name}:{column}", numbers)
+                        f"{raw.iloc[row]!r} in data row {row + 1} (line {row + 2} of the file)")
+    return _clean(f"{path.name}:{column}", numbers, fill)
 
 
-def _clean(name: str, values: pd.Series) -> Series:
+def _clean(name: str, values: pd.Series, fill: str | None) -> Series:
+    if fill is not None and fill not in FILL_METHODS:
+        raise DataError(f"fill must be one of {', '.join(map(repr, FILL_METHODS))} or None, got {fill!r}")
     values = values.astype("float64").reset_index(drop=True)
-    rows = len(values)
-    if np.isinf(values.to_numpy()).any():
-        raise DataError(f"series {name!r} has infinite values")
-    missing = int(values.isna().sum())
-    # Gaps inside the series are filled along the straight line between their neighbours; missing values at
-    # either end have only one neighbour, so those rows are dropped instead of guessed.
-    values = values.interpolate(method="linear", limit_area="inside").dropna()
-    if values.empty:
+    finite = np.isfinite(values.to_numpy())
+    if not finite.any():
         raise DataError(f"series {name!r} has no numeric values")
-    return Series(name, values.to_numpy(), filled=missing - (rows - len(values)))
+    missing = int((~finite).sum())
+    if missing and fill is None:
+        row = int(np.flatnonzero(~finite)[0])
+        raise DataError(f"series {name!r} has {missing} missing or non-finite value(s); the first is "
+                        f"{values.iloc[row]} in data row {row + 1} (line {row + 2} of the file). Fill or "
+                        f"drop them in the file, or pass --fill interpolate (gaps filled along the line between "
+                        f"their neighbours) or --fill drop (those rows removed)")
+    values = values.where(finite)
+    if fill == "drop":
+        values = values.dropna()
+    else:
+        # Rows missing at either end have only one neighbour: dropped, not guessed.
+        values = values.interpolate(method="linear", limit_area="inside").dropna()
+    dropped = len(finite) - len(values)
+    return Series(name, values.to_numpy(), filled=missing - dropped, dropped=dropped)
 
 
 @dataclass(frozen=True)
@@ -104,22 +123,24 @@ def split_by_time(series: Series, window: int, horizon: int = 1, val_fraction: f
         raise DataError(f"val_fraction must be between 0 and 1, got {val_fraction}")
     values = series.values
     n = len(values)
-    if n < window + horizon:
-        raise DataError(f"series {series.name!r} has {n} rows; one window needs window + horizon = "
-                        f"{window} + {horizon} = {window + horizon}")
-    boundary = int(round(n * (1.0 - val_fraction)))  # the first index of the validation part
-    ends = np.arange(window - 1, n - horizon)  # the last input index of every window
-    targets = ends + horizon
-    train_ends, val_ends = ends[targets < boundary], ends[targets >= boundary]
+    train_ends, val_ends, boundary = _window_ends(n, window, horizon, val_fraction)
     if len(train_ends) == 0 or len(val_ends) == 0:
-        raise DataError(f"series {series.name!r} has {n} rows: too few for window={window}, horizon={horizon} and "
-                        f"val_fraction={val_fraction} to leave both a training and a validation window "
-                        f"({len(train_ends)} and {len(val_ends)})")
+        raise DataError(f"series {series.name!r} has {n} rows; window={window}, horizon={horizon} and "
+                        f"val_fraction={val_fraction} need at least {_rows_needed(window, horizon, val_fraction)} "
+                        f"rows for one training and one validation window: use a shorter --window or a longer "
+                        f"series")
 
     train_part = values[:boundary]
-    scale = float(np.std(train_part[horizon:] - train_part[:-horizon]))
+    changes = train_part[horizon:] - train_part[:-horizon]
+    # The spread of the changes; for a series whose changes are all alike (a straight line) that is 0, and
+    # their typical size is the scale instead. Only a series with no change at all is refused.
+    scale = float(np.std(changes)) or float(np.sqrt(np.mean(changes**2)))
     if not scale > 0.0:
-        raise DataError(f"series {series.name!r} does not change over its training part; there is nothing to learn")
+        if np.ptp(train_part) == 0.0:
+            raise DataError(f"series {series.name!r} is constant ({train_part[0]:g}) over its training part (the "
+                            f"first {boundary} rows); there is nothing to learn")
+        raise DataError(f"series {series.name!r} repeats exactly every {horizon} steps over its training part: "
+                        f"every {horizon}-step change is 0, so there is nothing to learn for horizon={horizon}")
 
     def samples(window_ends: np.ndarray) -> TensorDataset:
         index = window_ends[:, None] + np.arange(1 - window, 1)  # (N, window)
@@ -136,6 +157,27 @@ def split_by_time(series: Series, window: int, horizon: int = 1, val_fraction: f
             raise DataError(f"season={season} must be at least horizon={horizon} and within the series")
         seasonal = values[val_targets - season]
     return Split(samples(train_ends), samples(val_ends), scale, values[val_ends], values[val_targets], seasonal)
+
+
+def _boundary(n: int, val_fraction: float) -> int:
+    return int(round(n * (1.0 - val_fraction)))  # the first index of the validation part
+
+
+def _window_ends(n: int, window: int, horizon: int, val_fraction: float):
+    """The last input index of every training and validation window, and the first validation index."""
+    boundary = _boundary(n, val_fraction)
+    ends = np.arange(window - 1, n - horizon)
+    targets = ends + horizon
+    return ends[targets < boundary], ends[targets >= boundary], boundary
+
+
+def _rows_needed(window: int, horizon: int, val_fraction: float) -> int:
+    """The shortest series that leaves one training and one validation window: the first target
+    (window - 1 + horizon) must precede the validation part, and the last row must lie in it."""
+    n = window + horizon
+    while not window + horizon <= _boundary(n, val_fraction) <= n - 1:
+        n += 1
+    return n
 
 
 def rmse(prediction: np.ndarray, target: np.ndarray) -> float:

@@ -12,14 +12,22 @@ import json
 import sys
 
 import pytorch_lightning as pl
+import torch
 
-from lstm_attn import reference
+from lstm_attn import host, reference
 from lstm_attn.backends import BACKENDS
-from lstm_attn.data import BUILTIN_NAME, BUILTIN_SEASON, DataError, load_builtin, load_csv, rmse, split_by_time
+from lstm_attn.data import (BUILTIN_NAME, BUILTIN_SEASON, FILL_METHODS, DataError, load_builtin, load_csv, rmse,
+                            split_by_time)
 from lstm_attn.modules import LSTMWithAttention
 from lstm_attn.training.fit import RunResult, train
 
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "64-true", "bf16-true")
+# Lightning's autocast precisions; on a CPU both run in bfloat16 (Lightning has no float16 autocast there).
+CPU_AUTOCAST_PRECISIONS = ("bf16-mixed", "16-mixed")
+
+
+class UsageError(ValueError):
+    """Options that cannot work together on this machine; refused before any training starts."""
 
 
 def _devices(text: str):
@@ -31,6 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--csv", metavar="PATH", help=f"a CSV file, rows in time order (default: the built-in "
                                                     f"{BUILTIN_NAME!r} series, weekly Mauna Loa CO2)")
     data.add_argument("--column", metavar="NAME", help="the CSV column to forecast (required with --csv)")
+    data.add_argument("--fill", choices=FILL_METHODS,
+                      help="missing or non-finite values (empty cells, NaN, inf): fill gaps by linear interpolation "
+                           "or drop their rows (default: an error naming the first one for a CSV; interpolate for "
+                           f"the built-in {BUILTIN_NAME!r}, which has 59 missing weeks)")
     data.add_argument("--window", type=int, default=52, help="input steps per sample (default: %(default)s)")
     data.add_argument("--horizon", type=int, default=1, help="forecast this many steps ahead (default: %(default)s)")
     data.add_argument("--val-fraction", type=float, default=0.2,
@@ -56,24 +68,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--no-progress", action="store_true", help="hide Lightning's progress bar")
 
 
+def _cpu_autocast_note(args: argparse.Namespace) -> str | None:
+    """What --precision bf16-mixed means on a CPU whose oneDNN has no bfloat16 LSTM (AVX2-only x86, e.g. AMD
+    EPYC): our model trains with its LSTM in float32 and the rest under bfloat16 autocast; the seed's model
+    cannot train at all, so --compare is refused before anything trains."""
+    on_cpu = args.accelerator == "cpu" or (args.accelerator == "auto" and not torch.cuda.is_available())
+    if args.precision not in CPU_AUTOCAST_PRECISIONS or not on_cpu:
+        return None
+    reason = host.cpu_autocast_lstm_error(torch.bfloat16)
+    if reason is None:
+        return None
+    if args.compare:
+        raise UsageError(f"--precision {args.precision} with --compare: the seed's model cannot train under "
+                         f"bfloat16 autocast on this CPU (its oneDNN has no bfloat16 LSTM: {reason}); compare with "
+                         f"--precision 32-true, or drop --compare to train lstm_attn's model alone, whose LSTM "
+                         f"then runs in float32")
+    return (f"precision {args.precision} on this CPU: oneDNN has no bfloat16 LSTM here, so the LSTM trains in "
+            f"float32 and the rest of the model under bfloat16 autocast")
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         if args.csv is None:
             if args.column is not None:
                 raise DataError("--column names a column of --csv; give --csv too")
-            series, season = load_builtin(), args.season or BUILTIN_SEASON
+            series, season = load_builtin(args.fill or "interpolate"), args.season or BUILTIN_SEASON
         else:
             if args.column is None:
                 raise DataError("--csv needs --column, the name of the column to forecast")
-            series, season = load_csv(args.csv, args.column), args.season
+            series, season = load_csv(args.csv, args.column, args.fill), args.season
         split = split_by_time(series, args.window, args.horizon, args.val_fraction, season)
-    except DataError as exc:
+        precision_note = _cpu_autocast_note(args)
+    except (DataError, UsageError) as exc:
         print(f"lstm-attn train: error: {exc}", file=sys.stderr)
         return 2
 
-    print(f"series {series.name}: {len(series.values)} steps ({series.filled} missing values interpolated); "
+    dropped = f", {series.dropped} rows dropped" if series.dropped else ""
+    print(f"series {series.name}: {len(series.values)} steps ({series.filled} missing values interpolated{dropped}); "
           f"{len(split.train)} training and {len(split.val)} validation windows of {args.window} steps, "
           f"horizon {args.horizon}")
+    if precision_note:
+        print(precision_note)
 
     def fit(model_class, name, **extra) -> RunResult | None:
         pl.seed_everything(args.seed, workers=True, verbose=False)
