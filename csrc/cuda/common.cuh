@@ -64,21 +64,17 @@ __device__ __forceinline__ float group_max(float x, int width) {
   return x;
 }
 
+// Lets `kernel` use `bytes` (> 48 KB) of dynamic shared memory on the current device: the opt-in each kernel needs
+// above the 48 KB default. The device's limit is read once per device and the attribute set once per (kernel,
+// device), not on every launch (launch.cu); a request beyond the limit is a clear error, not a failed launch.
+void opt_in_dynamic_smem(const void* kernel, size_t bytes);
+
 // Launches `kernel` on `stream` (the entry points pass c10::cuda::getCurrentCUDAStream(); kernel files include no
-// more of c10 than this needs, which keeps their host compile short). Dynamic shared memory above the 48 KB default
-// needs an explicit opt-in per kernel; a request beyond what this GPU allows is a clear error, not a failed launch.
+// more of c10 than this needs, which keeps their host compile short), launch errors surfaced at once.
 template <class... KernelArgs, class... Args>
 void launch(void (*kernel)(KernelArgs...), int grid, int threads, size_t smem_bytes, cudaStream_t stream,
             Args&&... args) {
-  if (smem_bytes > 48 * 1024) {
-    int device = 0, optin = 0;
-    C10_CUDA_CHECK(cudaGetDevice(&device));
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-    TORCH_CHECK(smem_bytes <= static_cast<size_t>(optin), "lstm_attn: this kernel needs ", smem_bytes,
-                " bytes of shared memory per block, but GPU ", device, " allows ", optin);
-    C10_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem_bytes)));
-  }
+  if (smem_bytes > 48 * 1024) opt_in_dynamic_smem(reinterpret_cast<const void*>(kernel), smem_bytes);
   kernel<<<grid, threads, smem_bytes, stream>>>(std::forward<Args>(args)...);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

@@ -19,7 +19,7 @@
 #include <type_traits>
 
 #include "checks.h"
-#include "common.cuh"
+#include "cuda/common.cuh"
 
 namespace lstm_attn::gpu {
 namespace {

@@ -1,12 +1,12 @@
-// The attention backward kernels, dK/dV and dQ, and their per-bucket launcher (design: attention_layernorm.cuh).
+// The attention backward kernels, dK/dV and dQ, and their per-bucket launcher (design: tiled.cuh).
 // Both recompute P = exp(S * scale - lse) from the saved log-sum-exp and take dS = P (dP - delta) with the delta that
 // layernorm_bwd computed; the LayerNorm backward has already turned grad_out into dO.
 #pragma once
 
 #include <type_traits>
 
-#include "attention_layernorm.cuh"
-#include "mma.cuh"
+#include "cuda/attention/tiled/tiled.cuh"
+#include "cuda/attention/tiled/mma.cuh"
 
 namespace lstm_attn::gpu {
 

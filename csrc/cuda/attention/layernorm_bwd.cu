@@ -7,7 +7,8 @@
 // then over the block's warps in warp order into a (blocks, 2, H) float buffer, and finally over blocks in block
 // order: no atomics, the same sums in the same order on every run. kPerLane (columns per lane, H <= 32 * kPerLane) is
 // a template parameter so that small H does not pay registers for H = 512.
-#include "attention_layernorm.cuh"
+#include "cuda/attention/attention_layernorm.cuh"
+#include "cuda/common.cuh"
 
 namespace lstm_attn::gpu {
 namespace {

@@ -1,5 +1,5 @@
 // The CUDA kernels of lstm_attn::attention_layernorm_fwd / _bwd: input checks, allocation, and dispatch to the
-// smallest compiled head-dim bucket that holds H (the kernels themselves are in attention_{fwd,bwd}.cuh).
+// smallest compiled head-dim bucket that holds H (the kernels themselves are in tiled/{fwd,bwd}.cuh).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -10,8 +10,8 @@
 #include <tuple>
 #include <type_traits>
 
-#include "attention_layernorm.cuh"
 #include "checks.h"
+#include "cuda/attention/tiled/tiled.cuh"
 
 namespace lstm_attn::gpu {
 namespace {

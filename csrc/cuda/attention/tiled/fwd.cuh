@@ -1,10 +1,10 @@
-// The attention + residual + LayerNorm forward kernel and its per-bucket launcher (design: attention_layernorm.cuh).
+// The attention + residual + LayerNorm forward kernel and its per-bucket launcher (design: tiled.cuh).
 #pragma once
 
 #include <type_traits>
 
-#include "attention_layernorm.cuh"
-#include "mma.cuh"
+#include "cuda/attention/tiled/mma.cuh"
+#include "cuda/attention/tiled/tiled.cuh"
 
 namespace lstm_attn::gpu {
 

@@ -17,7 +17,7 @@
 
 #include <type_traits>
 
-#include "common.cuh"
+#include "cuda/common.cuh"
 
 namespace lstm_attn::gpu {
 

@@ -1,5 +1,5 @@
 // The attention backward (dK/dV and dQ) for head dims in (32, 64] (and smaller ones where those buckets are trimmed).
-#include "attention_bwd.cuh"
+#include "cuda/attention/tiled/bwd.cuh"
 
 template void lstm_attn::gpu::attention_bwd_bucket<64>(const lstm_attn::gpu::AttnBwdParams&, lstm_attn::gpu::MmaPath,
                                                        cudaStream_t);

@@ -1,5 +1,5 @@
 // The attention + LayerNorm forward for head dims in (64, 128] (and smaller ones where those buckets are trimmed).
-#include "attention_fwd.cuh"
+#include "cuda/attention/tiled/fwd.cuh"
 
 template void lstm_attn::gpu::attention_fwd_bucket<128>(const lstm_attn::gpu::AttnFwdParams&, lstm_attn::gpu::MmaPath,
                                                         cudaStream_t);

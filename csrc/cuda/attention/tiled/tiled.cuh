@@ -1,4 +1,5 @@
-// CUDA attention + residual + LayerNorm: parameters, tile shapes, shared tile I/O, and the per-bucket launchers.
+// The tiled design of CUDA attention + residual + LayerNorm: its design, tile shapes, shared tile I/O, and the
+// per-bucket launchers.
 //
 // Design
 // ------
@@ -6,12 +7,12 @@
 // first in the backward pass. Shapes: q, residual (B, Tq, H); k, v (B, Tk, H); single head, non-causal.
 //
 // Head-dim buckets. H is padded up to a bucket HB in {32, 64, 128, 256, 512}; each bucket is compiled in its own
-// files (attention_{fwd,bwd}_hdimHB.cu) so the build parallelises and LSTM_ATTN_HEAD_DIMS can trim it. Padded
+// files (tiled/{fwd,bwd}_hdimHB.cu) so the build parallelises and LSTM_ATTN_HEAD_DIMS can trim it. Padded
 // columns [H, HB) and rows past Tq or Tk are zero-filled in shared memory, so products over HB are exact; scores of
 // keys past Tk are masked explicitly (their probability is 0). Every tile has at least one real key (Tk >= 1), so
 // the running maximum is finite after the first tile.
 //
-// Paths (MmaPath) choose the block-level product (mma.cuh):
+// Paths (MmaPath) choose the block-level product (tiled/mma.cuh):
 //   kHalf, kBFloat16   WMMA m16n16k16, float accumulators
 //   kTf32              WMMA m16n16k8 tf32 (float storage), when torch.backends.cuda.matmul.allow_tf32 is set
 //   kFloat             exact float32 SIMT FFMA otherwise
@@ -24,7 +25,7 @@
 //          O = alpha * O + P V, O held in registers (the accumulator). Epilogue: O to shared memory (over the
 //          Q/K/V space), then a warp per row: attn = O / l, y = attn + residual, two-pass mean/variance, LayerNorm,
 //          the only global writes (out, attn, lse, mean, rstd).
-//   bwd    1. layernorm_bwd (layernorm_bwd.cu): a warp per row: dy (= grad_residual = dO, stored in the input
+//   bwd    1. layernorm_bwd (../layernorm_bwd.cu): a warp per row: dy (= grad_residual = dO, stored in the input
 //             dtype), delta = rowsum(attn * dO) from the stored dO, and per-block float32 partial sums of
 //             grad_weight / grad_bias, reduced over blocks in a fixed order by a second kernel: deterministic.
 //          2. dK/dV: block = BN keys (K, V tiles resident), loops over query tiles of BM rows: S = Q K^T and
@@ -78,39 +79,12 @@
 
 #include <cstdint>
 
-#include "common.cuh"
+#include "cuda/attention/attention_layernorm.cuh"
+#include "cuda/common.cuh"
 
 namespace lstm_attn::gpu {
 
 enum class MmaPath { kHalf, kBFloat16, kTf32, kFloat };
-
-struct AttnFwdParams {
-  const void *q, *k, *v, *residual, *weight, *bias;
-  void *out, *attn;
-  float *lse, *mean, *rstd;
-  int B, Tq, Tk, H;
-  float scale, eps;
-  bool vec;  // q, k, v rows may be read with 16-byte vector loads
-};
-
-struct AttnBwdParams {
-  const void *q, *k, *v, *grad_attn;  // grad_attn: dO, the LayerNorm backward's output
-  const float *lse, *delta;
-  void *grad_q, *grad_k, *grad_v;
-  int B, Tq, Tk, H;
-  float scale;
-  bool vec;  // q, k, v, grad_attn rows may be read with 16-byte vector loads
-};
-
-struct LayerNormBwdParams {
-  const void *grad_out, *attn, *residual, *weight;
-  const float *mean, *rstd;
-  void* grad_residual;
-  float* delta;
-  float* partials;  // (blocks, 2, H): per-block sums of grad_out * xhat and of grad_out
-  int64_t rows;
-  int H;
-};
 
 template <int BM_, int BN_, int kThreads_>
 struct Tile {
@@ -220,17 +194,10 @@ __device__ __forceinline__ void store_tile(T* __restrict__ dst, const float* src
   }
 }
 
-// Defined in attention_{fwd,bwd}_hdimHB.cu, one explicit instantiation per compiled bucket.
+// Defined in tiled/{fwd,bwd}_hdimHB.cu, one explicit instantiation per compiled bucket.
 template <int HB>
 void attention_fwd_bucket(const AttnFwdParams& p, MmaPath path, cudaStream_t stream);
 template <int HB>
 void attention_bwd_bucket(const AttnBwdParams& p, MmaPath path, cudaStream_t stream);
-
-// layernorm_bwd.cu. The number of (2, H) partial rows layernorm_bwd writes for `rows` rows.
-int64_t layernorm_bwd_blocks(int64_t rows);
-void layernorm_bwd(const LayerNormBwdParams& p, c10::ScalarType dtype, cudaStream_t stream);
-// grad_weight / grad_bias (H,) = the partial rows summed in block order.
-void layernorm_bwd_reduce(const float* partials, int64_t blocks, int H, void* grad_weight, void* grad_bias,
-                          c10::ScalarType dtype, cudaStream_t stream);
 
 }  // namespace lstm_attn::gpu
