@@ -40,9 +40,10 @@ def _cuda_wanted() -> bool:
 
 
 def _cuda_sources() -> list[str]:
-    """Every .cu file under csrc/cuda/ (one folder per op once it has several kernel plans), less the head-dim
-    buckets that LSTM_ATTN_HEAD_DIMS leaves out (files named *_hdimN.cu)."""
-    sources = sorted(glob.glob("csrc/cuda/**/*.cu", recursive=True))
+    """Every .cu file under csrc/cuda/ (one folder per op once it has several kernel plans) and the host-only .cpp
+    files beside them (compiled by the host compiler, which is faster at ATen's headers than nvcc), less the
+    head-dim buckets that LSTM_ATTN_HEAD_DIMS leaves out (files named *_hdimN.cu)."""
+    sources = sorted(glob.glob("csrc/cuda/**/*.cu", recursive=True) + glob.glob("csrc/cuda/**/*.cpp", recursive=True))
     keep = os.environ.get("LSTM_ATTN_HEAD_DIMS")
     if not keep:
         return sources
@@ -62,7 +63,8 @@ def _head_dim_macros(cuda_sources: list[str]) -> list[str]:
 
 def extensions():
     debug = os.environ.get("LSTM_ATTN_DEBUG", "0") == "1"
-    sources = ["csrc/ops.cpp", "csrc/autograd.cpp", *sorted(glob.glob("csrc/cpu/**/*.cpp", recursive=True))]
+    sources = ["csrc/ops.cpp", "csrc/autograd.cpp", "csrc/attention_gemm.cpp",
+               *sorted(glob.glob("csrc/cpu/**/*.cpp", recursive=True))]
     cxx = ["-O0", "-g"] if debug else ["-O3"]
     # No -std flag: torch's build helpers pick the standard its headers need (C++17 up to 2.13, C++20 after).
     cxx += ["-fopenmp" if torch.backends.openmp.is_available() else ""]

@@ -6,6 +6,9 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <string>
+#include <string_view>
+
 namespace lstm_attn {
 namespace {
 
@@ -16,19 +19,20 @@ class AttentionLayerNorm : public torch::autograd::Function<AttentionLayerNorm> 
  public:
   static tensor_list forward(AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                              const at::Tensor& residual, const at::Tensor& weight, const at::Tensor& bias,
-                             double eps, double scale) {
+                             double eps, double scale, std::string_view plan) {
     static auto fwd = c10::Dispatcher::singleton()
                           .findSchemaOrThrow("lstm_attn::attention_layernorm_fwd", "")
-                          .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+                          .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
                               const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                              const at::Tensor&, const at::Tensor&, double, double)>();
+                              const at::Tensor&, const at::Tensor&, double, double, std::string_view)>();
     // Below Autograd: the call reaches the device kernel instead of coming back here.
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [out, attn, lse, mean, rstd] = fwd.call(q, k, v, residual, weight, bias, eps, scale);
-    ctx->mark_non_differentiable({attn, lse, mean, rstd});
-    ctx->save_for_backward({q, k, v, residual, weight, attn, lse, mean, rstd});
+    auto [out, attn, lse, mean, rstd, probs] = fwd.call(q, k, v, residual, weight, bias, eps, scale, plan);
+    ctx->mark_non_differentiable({attn, lse, mean, rstd, probs});
+    ctx->save_for_backward({q, k, v, residual, weight, attn, lse, mean, rstd, probs});
     ctx->saved_data["scale"] = scale;
-    return {out, attn, lse, mean, rstd};
+    ctx->saved_data["plan"] = std::string(plan);
+    return {out, attn, lse, mean, rstd, probs};
   }
 
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
@@ -37,21 +41,21 @@ class AttentionLayerNorm : public torch::autograd::Function<AttentionLayerNorm> 
                           .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
                               const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                               const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                              const at::Tensor&, const at::Tensor&, double)>();
+                              const at::Tensor&, const at::Tensor&, const at::Tensor&, double, std::string_view)>();
     // grads[0] is defined even when nothing used out: a Function materializes such gradients as zeros.
     const auto s = ctx->get_saved_variables();
     auto [dq, dk, dv, dresidual, dweight, dbias] =
-        bwd.call(grads[0].contiguous(), s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8],
-                 ctx->saved_data["scale"].toDouble());
-    return {dq, dk, dv, dresidual, dweight, dbias, at::Tensor(), at::Tensor()};
+        bwd.call(grads[0].contiguous(), s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9],
+                 ctx->saved_data["scale"].toDouble(), ctx->saved_data["plan"].toStringRef());
+    return {dq, dk, dv, dresidual, dweight, dbias, at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_layernorm_fwd_autograd(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_layernorm_fwd_autograd(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& residual,
-    const at::Tensor& weight, const at::Tensor& bias, double eps, double scale) {
-  auto r = AttentionLayerNorm::apply(q, k, v, residual, weight, bias, eps, scale);
-  return {r[0], r[1], r[2], r[3], r[4]};
+    const at::Tensor& weight, const at::Tensor& bias, double eps, double scale, std::string_view plan) {
+  auto r = AttentionLayerNorm::apply(q, k, v, residual, weight, bias, eps, scale, plan);
+  return {r[0], r[1], r[2], r[3], r[4], r[5]};
 }
 
 class SoftmaxPool : public torch::autograd::Function<SoftmaxPool> {

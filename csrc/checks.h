@@ -5,6 +5,8 @@
 
 #include <ATen/ATen.h>
 
+#include <string_view>
+
 namespace lstm_attn {
 
 inline void check_same(const at::Tensor& t, const char* name, const at::Tensor& ref, const char* ref_name) {
@@ -40,6 +42,27 @@ inline void check_row_stats(const at::Tensor& t, const char* name, const at::Ten
   TORCH_CHECK(t.dim() == 2 && t.size(0) == q.size(0) && t.size(1) == q.size(1), name, " has shape ", t.sizes(),
               "; expected (B, Tq) = (", q.size(0), ", ", q.size(1), ")");
   TORCH_CHECK(t.device() == q.device(), name, " is on ", t.device(), " but q is on ", q.device());
+}
+
+// The kernel plans of attention_layernorm, the schema's `plan` argument. Which plan runs for which shape is decided
+// by the caller (lstm_attn/plans.py for the cuda backend); each device runs the plans it has (CPU: tiled, gemm;
+// CUDA: tiled, flash, gemm) and refuses the others by name.
+enum class Plan { kTiled, kFlash, kGemm };
+
+inline Plan parse_plan(std::string_view plan) {
+  if (plan == "tiled") return Plan::kTiled;
+  if (plan == "flash") return Plan::kFlash;
+  TORCH_CHECK(plan == "gemm", "plan must be 'tiled', 'flash' or 'gemm', got '", plan, "'");
+  return Plan::kGemm;
+}
+
+// The gemm plan's backward takes the probabilities its forward kept, (B, Tq, Tk) in q's dtype.
+inline void check_probs(const at::Tensor& probs, const at::Tensor& q, const at::Tensor& k) {
+  TORCH_CHECK(probs.dim() == 3 && probs.size(0) == q.size(0) && probs.size(1) == q.size(1) &&
+                  probs.size(2) == k.size(1),
+              "probs has shape ", probs.sizes(), "; plan 'gemm' needs the probabilities its forward kept, (B, Tq, Tk) = (",
+              q.size(0), ", ", q.size(1), ", ", k.size(1), ")");
+  check_same(probs, "probs", q, "q");
 }
 
 inline void check_softmax_pool_inputs(const at::Tensor& x, const at::Tensor& u, const at::Tensor& c) {

@@ -14,16 +14,19 @@ PyObject* PyInit__C(void) {
 }
 
 TORCH_LIBRARY(lstm_attn, m) {
-  // out = layer_norm(softmax(q k^T * scale) v + residual). Also returns what backward recomputes from:
-  // attn = softmax(q k^T * scale) v (input dtype) and row statistics lse, mean, rstd (B, Tq): float32, or
-  // float64 for float64 inputs.
+  // out = layer_norm(softmax(q k^T * scale) v + residual). Also returns what backward needs: attn = softmax(q k^T *
+  // scale) v (input dtype), row statistics lse, mean, rstd (B, Tq) in float32 (float64 for float64 inputs), and
+  // probs: the softmax (B, Tq, Tk) where the plan keeps it for the backward ("gemm"), else an empty tensor.
+  // plan names the kernel plan: "tiled" (every device), "flash" (CUDA), "gemm" (every device; attention_gemm.h).
+  // Which plan suits which shape is the caller's choice (lstm_attn/plans.py); the backward takes the forward's plan.
   m.def(
       "attention_layernorm_fwd(Tensor q, Tensor k, Tensor v, Tensor residual, Tensor weight, Tensor bias, "
-      "float eps, float scale) -> (Tensor out, Tensor attn, Tensor lse, Tensor mean, Tensor rstd)");
+      "float eps, float scale, str plan=\"tiled\") -> (Tensor out, Tensor attn, Tensor lse, Tensor mean, "
+      "Tensor rstd, Tensor probs)");
   m.def(
       "attention_layernorm_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor residual, Tensor weight, "
-      "Tensor attn, Tensor lse, Tensor mean, Tensor rstd, float scale) -> (Tensor grad_q, Tensor grad_k, "
-      "Tensor grad_v, Tensor grad_residual, Tensor grad_weight, Tensor grad_bias)");
+      "Tensor attn, Tensor lse, Tensor mean, Tensor rstd, Tensor probs, float scale, str plan=\"tiled\") -> "
+      "(Tensor grad_q, Tensor grad_k, Tensor grad_v, Tensor grad_residual, Tensor grad_weight, Tensor grad_bias)");
   // pooled = sum_j softmax_j(x_j . u + c) x_j; lse (B,) is the log-sum-exp of those scores (float32; float64 for float64 x).
   m.def("softmax_pool_fwd(Tensor x, Tensor u, Tensor c) -> (Tensor pooled, Tensor lse)");
   m.def(

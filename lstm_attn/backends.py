@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from lstm_attn import ops, reference
+from lstm_attn import ops, plans, reference
 
 BACKENDS = ("reference", "cpu", "cuda", "triton")
 
@@ -126,8 +126,13 @@ def _triton_status(device: torch.device) -> BackendStatus:
     return BackendStatus(False, failure) if failure else BackendStatus(True)
 
 
-def _extension_attention_layernorm(q, k, v, residual, weight, bias, eps, scale):
+def _cpu_attention_layernorm(q, k, v, residual, weight, bias, eps, scale):
     return torch.ops.lstm_attn.attention_layernorm_fwd(q, k, v, residual, weight, bias, eps, scale)[0]
+
+
+def _cuda_attention_layernorm(q, k, v, residual, weight, bias, eps, scale):
+    plan = plans.cuda_plan(q.dtype, q.shape[-1], k.shape[-2])
+    return torch.ops.lstm_attn.attention_layernorm_fwd(q, k, v, residual, weight, bias, eps, scale, plan)[0]
 
 
 def _extension_softmax_pool(x, u, c):
@@ -147,8 +152,8 @@ _REGISTRY = {
     for b in (
         Backend("reference", _ALL_DTYPES, None, _reference_status, reference.attention_layernorm,
                 reference.softmax_pool),
-        Backend("cpu", _ALL_DTYPES, None, _cpu_status, _extension_attention_layernorm, _extension_softmax_pool),
-        Backend("cuda", _GPU_DTYPES, GPU_MAX_HEAD_DIM, _cuda_status, _extension_attention_layernorm,
+        Backend("cpu", _ALL_DTYPES, None, _cpu_status, _cpu_attention_layernorm, _extension_softmax_pool),
+        Backend("cuda", _GPU_DTYPES, GPU_MAX_HEAD_DIM, _cuda_status, _cuda_attention_layernorm,
                 _extension_softmax_pool),
         Backend("triton", _GPU_DTYPES, GPU_MAX_HEAD_DIM, _triton_status, _triton_attention_layernorm,
                 _triton_softmax_pool),

@@ -2,8 +2,10 @@
 
 Two ops, each a forward and a backward:
 - attention_layernorm: layer_norm(softmax(q k^T * scale) v + residual). The forward also returns what the
-  backward recomputes from: the attention output before the residual (B, Tq, H, input dtype) and three
-  row statistics (B, Tq), float32 (float64 for float64 inputs): the log-sum-exp of the scaled scores, the LayerNorm mean and rstd.
+  backward needs: the attention output before the residual (B, Tq, H, input dtype), three row statistics
+  (B, Tq), float32 (float64 for float64 inputs): the log-sum-exp of the scaled scores, the LayerNorm mean and
+  rstd; and the softmax itself (B, Tq, Tk) where the kernel plan keeps it ("gemm"), else an empty tensor. The
+  extension's op takes the plan by name (plans.py chooses it for the cuda backend).
 - softmax_pool: sum_j softmax_j(x_j . u + c) x_j, the memory-bound middle of the model's exact last-step
   path. Its forward also returns the log-sum-exp of the scores (B,), float32 (float64 for float64 inputs).
 
@@ -46,13 +48,15 @@ def _row_stats(like: Tensor, *shape) -> Tensor:
     return like.new_empty(shape, dtype=torch.float64 if like.dtype == torch.float64 else torch.float32)
 
 
-def _fake_attention_layernorm_fwd(q, k, v, residual, weight, bias, eps, scale):
+def _fake_attention_layernorm_fwd(q, k, v, residual, weight, bias, eps, scale, plan="tiled"):
     _attention_layernorm_shapes(q, k, v, residual, weight, bias)
     B, Tq, _ = q.shape
-    return (torch.empty_like(q), torch.empty_like(q), *(_row_stats(q, B, Tq) for _ in range(3)))
+    probs = q.new_empty((B, Tq, k.shape[1]) if plan == "gemm" else (0,))
+    return (torch.empty_like(q), torch.empty_like(q), *(_row_stats(q, B, Tq) for _ in range(3)), probs)
 
 
-def _fake_attention_layernorm_bwd(grad_out, q, k, v, residual, weight, attn, lse, mean, rstd, scale):
+def _fake_attention_layernorm_bwd(grad_out, q, k, v, residual, weight, attn, lse, mean, rstd, probs, scale,
+                                  plan="tiled"):
     torch._check(grad_out.shape == q.shape, lambda: "grad_out must have the shape of q")
     return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(residual),
             torch.empty_like(weight), torch.empty_like(weight))

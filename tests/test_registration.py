@@ -38,10 +38,10 @@ def test_opcheck(backend, device, requires_grad):
 def test_opcheck_backward_ops():
     require_backend("cpu", "cpu")
     inputs = attention_layernorm_inputs(2, 3, 5, 8, torch.float32, "cpu")
-    out, attn, lse, mean, rstd = torch.ops.lstm_attn.attention_layernorm_fwd(*inputs, 1e-5, 0.35)
+    out, attn, lse, mean, rstd, probs = torch.ops.lstm_attn.attention_layernorm_fwd(*inputs, 1e-5, 0.35)
     q, k, v, residual, weight, _ = inputs
     torch.library.opcheck(torch.ops.lstm_attn.attention_layernorm_bwd,
-                          (torch.randn_like(out), q, k, v, residual, weight, attn, lse, mean, rstd, 0.35))
+                          (torch.randn_like(out), q, k, v, residual, weight, attn, lse, mean, rstd, probs, 0.35))
     x, u, c = pool_args("cpu")
     pooled, plse = torch.ops.lstm_attn.softmax_pool_fwd(x, u, c)
     torch.library.opcheck(torch.ops.lstm_attn.softmax_pool_bwd, (torch.randn_like(pooled), x, u, c, pooled, plse))
@@ -56,7 +56,7 @@ def test_extension_forward_ops_have_cpp_autograd():
     inputs = [t.requires_grad_(True) for t in attention_layernorm_inputs(2, 3, 5, 8, torch.float32, "cpu")]
     out = torch.ops.lstm_attn.attention_layernorm_fwd(*inputs, 1e-5, 0.35)
     assert out[0].grad_fn is not None and type(out[0].grad_fn).__name__ == "CppFunction"
-    assert all(t.grad_fn is None and not t.requires_grad for t in out[1:])  # attn and the statistics
+    assert all(t.grad_fn is None and not t.requires_grad for t in out[1:])  # attn, the statistics, probs
 
 
 def test_gradcheck_float64():

@@ -20,6 +20,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "attention_gemm.h"
 #include "checks.h"
 #include "cpu/cpu_utils.h"
 
@@ -358,24 +359,35 @@ void check_bias(const Tensor& bias, const Tensor& q) {
   check_same(bias, "bias", q, "q");
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> attention_layernorm_fwd(const Tensor& q, const Tensor& k,
-                                                                           const Tensor& v, const Tensor& residual,
-                                                                           const Tensor& weight, const Tensor& bias,
-                                                                           double eps, double scale) {
+// The CPU runs two plans: "tiled" (the kernels above) and "gemm" (attention_gemm.h, with the steps of
+// attention_gemm_steps.cpp).
+Plan cpu_plan(std::string_view plan) {
+  const Plan p = parse_plan(plan);
+  TORCH_CHECK(p != Plan::kFlash, "plan 'flash' is a CUDA plan; the CPU runs 'tiled' and 'gemm'");
+  return p;
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> attention_layernorm_fwd(
+    const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& residual, const Tensor& weight,
+    const Tensor& bias, double eps, double scale, std::string_view plan) {
   check_attention_layernorm_inputs(q, k, v, residual, weight);
   check_bias(bias, q);
+  if (cpu_plan(plan) == Plan::kGemm) {
+    return attention_gemm_fwd(gemm_plan_steps(), q.contiguous(), k.contiguous(), v.contiguous(),
+                              residual.contiguous(), weight.contiguous(), bias.contiguous(), eps, scale);
+  }
   std::vector<Tensor> r;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "attention_layernorm_fwd_cpu", [&] {
     r = forward<scalar_t>(q.contiguous(), k.contiguous(), v.contiguous(), residual.contiguous(), weight.contiguous(),
                           bias.contiguous(), eps, scale);
   });
-  return {r[0], r[1], r[2], r[3], r[4]};
+  return {r[0], r[1], r[2], r[3], r[4], at::empty({0}, q.options())};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> attention_layernorm_bwd(
     const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& residual,
     const Tensor& weight, const Tensor& attn, const Tensor& lse, const Tensor& mean, const Tensor& rstd,
-    double scale) {
+    const Tensor& probs, double scale, std::string_view plan) {
   check_attention_layernorm_inputs(q, k, v, residual, weight);
   TORCH_CHECK(grad_out.sizes() == q.sizes(), "grad_out has shape ", grad_out.sizes(), "; expected the shape of q, ",
               q.sizes());
@@ -385,6 +397,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> attention_layernorm_b
   check_row_stats(lse, "lse", q);
   check_row_stats(mean, "mean", q);
   check_row_stats(rstd, "rstd", q);
+  if (cpu_plan(plan) == Plan::kGemm) {
+    check_probs(probs, q, k);
+    return attention_gemm_bwd(gemm_plan_steps(), grad_out.contiguous(), q.contiguous(), k.contiguous(),
+                              v.contiguous(), residual.contiguous(), weight.contiguous(), attn.contiguous(),
+                              mean.contiguous(), rstd.contiguous(), probs.contiguous(), scale);
+  }
   std::vector<Tensor> r;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "attention_layernorm_bwd_cpu", [&] {
     r = backward<scalar_t>(grad_out.contiguous(), q.contiguous(), k.contiguous(), v.contiguous(),

@@ -1,5 +1,7 @@
-// The CUDA kernels of lstm_attn::attention_layernorm_fwd / _bwd: input checks, allocation, and dispatch to the
-// smallest compiled head-dim bucket that holds H (the kernels themselves are in tiled/{fwd,bwd}.cuh).
+// The CUDA kernels of lstm_attn::attention_layernorm_fwd / _bwd: input checks, then the plan the call names
+// (checks.h; lstm_attn/plans.py chooses it): "gemm" runs csrc/attention_gemm.cpp with this device's steps
+// (gemm/steps.cpp); "tiled" allocates and dispatches to the smallest compiled head-dim bucket that holds H
+// (tiled/{fwd,bwd}.cuh).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -7,9 +9,11 @@
 
 #include <algorithm>
 #include <climits>
+#include <string_view>
 #include <tuple>
 #include <type_traits>
 
+#include "attention_gemm.h"
 #include "checks.h"
 #include "cuda/attention/tiled/tiled.cuh"
 
@@ -20,9 +24,10 @@ constexpr int64_t kMaxHeadDim = 512;
 
 int bucket_for(int64_t H) { return H <= 32 ? 32 : H <= 64 ? 64 : H <= 128 ? 128 : H <= 256 ? 256 : 512; }
 
-// Calls f with the smallest compiled head-dim bucket >= H, as a std::integral_constant. LSTM_ATTN_HEAD_DIMS may
-// leave buckets out of the build; a larger compiled bucket serves a smaller H (masking).
-template <class F>
+// Calls f with the smallest compiled head-dim bucket >= H, up to kLargest (the plan's largest), as a
+// std::integral_constant. LSTM_ATTN_HEAD_DIMS may leave buckets out of the build; a larger compiled bucket serves a
+// smaller H (masking).
+template <int kLargest, class F>
 void with_head_dim_bucket(int64_t H, F&& f) {
 #ifdef LSTM_ATTN_HDIM_32
   if (H <= 32) return f(std::integral_constant<int, 32>{});
@@ -34,21 +39,27 @@ void with_head_dim_bucket(int64_t H, F&& f) {
   if (H <= 128) return f(std::integral_constant<int, 128>{});
 #endif
 #ifdef LSTM_ATTN_HDIM_256
-  if (H <= 256) return f(std::integral_constant<int, 256>{});
+  if constexpr (kLargest >= 256) {
+    if (H <= 256) return f(std::integral_constant<int, 256>{});
+  }
 #endif
 #ifdef LSTM_ATTN_HDIM_512
-  if (H <= 512) return f(std::integral_constant<int, 512>{});
+  if constexpr (kLargest >= 512) {
+    if (H <= 512) return f(std::integral_constant<int, 512>{});
+  }
 #endif
   TORCH_CHECK(false, "lstm_attn: H = ", H, " needs the CUDA head-dim bucket ", bucket_for(H),
               " (or a larger one), which this build left out; rebuild with it in LSTM_ATTN_HEAD_DIMS");
 }
 
 void attention_fwd(const AttnFwdParams& p, MmaPath path, cudaStream_t stream) {
-  with_head_dim_bucket(p.H, [&](auto bucket) { attention_fwd_bucket<decltype(bucket)::value>(p, path, stream); });
+  with_head_dim_bucket<kMaxHeadDim>(
+      p.H, [&](auto bucket) { attention_fwd_bucket<decltype(bucket)::value>(p, path, stream); });
 }
 
 void attention_bwd(const AttnBwdParams& p, MmaPath path, cudaStream_t stream) {
-  with_head_dim_bucket(p.H, [&](auto bucket) { attention_bwd_bucket<decltype(bucket)::value>(p, path, stream); });
+  with_head_dim_bucket<kMaxHeadDim>(
+      p.H, [&](auto bucket) { attention_bwd_bucket<decltype(bucket)::value>(p, path, stream); });
 }
 
 // float32 runs on tensor cores (tf32) only where torch.backends.cuda.matmul.allow_tf32 allows it, as cuBLAS does.
@@ -90,19 +101,22 @@ void check_like_q(const at::Tensor& t, const char* name, const at::Tensor& q) {
 
 at::Tensor row_stats(const at::Tensor& q) { return at::empty({q.size(0), q.size(1)}, q.options().dtype(at::kFloat)); }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_layernorm_fwd_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_layernorm_fwd_cuda(
     const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& residual_in,
-    const at::Tensor& weight_in, const at::Tensor& bias_in, double eps, double scale) {
+    const at::Tensor& weight_in, const at::Tensor& bias_in, double eps, double scale, std::string_view plan_name) {
   check_attention_layernorm_inputs(q_in, k_in, v_in, residual_in, weight_in);
   check_bias(bias_in, q_in);
   check_cuda_limits(q_in, k_in);
+  const Plan plan = parse_plan(plan_name);
+  TORCH_CHECK(plan != Plan::kFlash, "plan 'flash' is not built yet");
   const c10::cuda::CUDAGuard guard(q_in.device());
   const at::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
   const at::Tensor residual = residual_in.contiguous(), weight = weight_in.contiguous(), bias = bias_in.contiguous();
+  if (plan == Plan::kGemm) return attention_gemm_fwd(gemm_plan_steps(), q, k, v, residual, weight, bias, eps, scale);
 
   at::Tensor out = at::empty(q.sizes(), q.options()), attn = at::empty(q.sizes(), q.options());
-  at::Tensor lse = row_stats(q), mean = row_stats(q), rstd = row_stats(q);
-  if (q.size(0) == 0) return {out, attn, lse, mean, rstd};
+  at::Tensor lse = row_stats(q), mean = row_stats(q), rstd = row_stats(q), no_probs = at::empty({0}, q.options());
+  if (q.size(0) == 0) return {out, attn, lse, mean, rstd, no_probs};
 
   AttnFwdParams p{};
   p.q = q.data_ptr();
@@ -124,13 +138,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention
   p.eps = static_cast<float>(eps);
   p.vec = rows_16b_aligned(p.H, q.element_size(), {p.q, p.k, p.v});
   attention_fwd(p, mma_path(q.scalar_type()), c10::cuda::getCurrentCUDAStream());
-  return {out, attn, lse, mean, rstd};
+  return {out, attn, lse, mean, rstd, no_probs};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_layernorm_bwd_cuda(
     const at::Tensor& grad_out_in, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
     const at::Tensor& residual_in, const at::Tensor& weight_in, const at::Tensor& attn_in, const at::Tensor& lse_in,
-    const at::Tensor& mean_in, const at::Tensor& rstd_in, double scale) {
+    const at::Tensor& mean_in, const at::Tensor& rstd_in, const at::Tensor& probs, double scale,
+    std::string_view plan_name) {
   check_attention_layernorm_inputs(q_in, k_in, v_in, residual_in, weight_in);
   check_like_q(grad_out_in, "grad_out", q_in);
   check_like_q(attn_in, "attn", q_in);
@@ -138,11 +153,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   check_row_stats(mean_in, "mean", q_in);
   check_row_stats(rstd_in, "rstd", q_in);
   check_cuda_limits(q_in, k_in);
+  const Plan plan = parse_plan(plan_name);
+  TORCH_CHECK(plan != Plan::kFlash, "plan 'flash' is not built yet");
+  if (plan == Plan::kGemm) check_probs(probs, q_in, k_in);
   const c10::cuda::CUDAGuard guard(q_in.device());
   const at::Tensor grad_out = grad_out_in.contiguous(), q = q_in.contiguous(), k = k_in.contiguous();
   const at::Tensor v = v_in.contiguous(), residual = residual_in.contiguous(), weight = weight_in.contiguous();
   const at::Tensor attn = attn_in.contiguous(), lse = lse_in.contiguous(), mean = mean_in.contiguous();
   const at::Tensor rstd = rstd_in.contiguous();
+  if (plan == Plan::kGemm) {
+    return attention_gemm_bwd(gemm_plan_steps(), grad_out, q, k, v, residual, weight, attn, mean, rstd,
+                              probs.contiguous(), scale);
+  }
 
   at::Tensor grad_q = at::empty(q.sizes(), q.options()), grad_k = at::empty(k.sizes(), k.options());
   at::Tensor grad_v = at::empty(v.sizes(), v.options()), grad_residual = at::empty(q.sizes(), q.options());
@@ -153,24 +175,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor grad_bias = at::empty(weight.sizes(), weight.options());
   const int H = static_cast<int>(q.size(2));
   const c10::ScalarType dtype = q.scalar_type();
-
-  LayerNormBwdParams ln{};
-  ln.grad_out = grad_out.data_ptr();
-  ln.attn = attn.data_ptr();
-  ln.residual = residual.data_ptr();
-  ln.weight = weight.data_ptr();
-  ln.mean = mean.data_ptr<float>();
-  ln.rstd = rstd.data_ptr<float>();
-  ln.rows = q.size(0) * q.size(1);
-  ln.H = H;
   at::Tensor delta = row_stats(q);
-  at::Tensor partials = at::empty({layernorm_bwd_blocks(ln.rows), 2, H}, q.options().dtype(at::kFloat));
-  ln.grad_residual = grad_residual.data_ptr();
-  ln.delta = delta.data_ptr<float>();
-  ln.partials = partials.data_ptr<float>();
+  // The LayerNorm backward is every plan's first step; the gemm plan's steps hold this device's.
+  gemm_plan_steps().layernorm_bwd(grad_out, attn, residual, weight, mean, rstd, grad_residual, delta, grad_weight,
+                                  grad_bias);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  layernorm_bwd(ln, dtype, stream);
-  layernorm_bwd_reduce(ln.partials, partials.size(0), H, grad_weight.data_ptr(), grad_bias.data_ptr(), dtype, stream);
 
   AttnBwdParams p{};
   p.q = q.data_ptr();

@@ -1,5 +1,6 @@
-// CUDA attention + residual + LayerNorm: the kernels' parameters, and the LayerNorm backward that the attention
-// backward starts with. Host-only declarations (c10's dtype and CUDA's stream, no device code).
+// CUDA attention + residual + LayerNorm: the parameters the kernel plans take (lstm_attn/plans.py chooses the plan),
+// and the LayerNorm backward that every plan's backward starts with. Host-only declarations, so that host code
+// (gemm/steps.cpp) can include it.
 #pragma once
 
 #include <c10/core/ScalarType.h>

@@ -3,8 +3,9 @@
 
 #include <type_traits>
 
-#include "cuda/attention/tiled/mma.cuh"
+#include "cuda/attention/layernorm_row.cuh"
 #include "cuda/attention/tiled/tiled.cuh"
+#include "cuda/attention/tiled/mma.cuh"
 
 namespace lstm_attn::gpu {
 
@@ -115,33 +116,9 @@ __global__ void __launch_bounds__(Tl::kThreads, kMinBlocksPerSm) attention_layer
   T* out = static_cast<T*>(p.out);
   for (int r = warp; r < q_rows; r += kWarps) {
     const int64_t g = (row0 + r) * H;
-    const float inv_sum = 1.f / s_sum[r];
-    float y[kPerLane];
-    float total = 0.f;
-#pragma unroll
-    for (int i = 0; i < kPerLane; ++i) {
-      const int h = lane + 32 * i;
-      y[i] = 0.f;
-      if (h < H) {
-        const T a = from_float<T>(s_o[r * L::kLdO + h] * inv_sum);
-        attn[g + h] = a;
-        // y from attn as stored, with a plain add (never fused into an FMA with the division's product), so the
-        // backward rebuilds exactly this y: at H = 1, y - mean is rounding alone and rstd = eps^-1/2 magnifies it.
-        y[i] = __fadd_rn(to_float(a), to_float(residual[g + h]));
-        total += y[i];
-      }
-    }
-    const float mean = group_sum(total, 32) / H;
-    float sq = 0.f;
-#pragma unroll
-    for (int i = 0; i < kPerLane; ++i)
-      if (lane + 32 * i < H) sq += (y[i] - mean) * (y[i] - mean);
-    const float rstd = rsqrtf(group_sum(sq, 32) / H + p.eps);
-#pragma unroll
-    for (int i = 0; i < kPerLane; ++i) {
-      const int h = lane + 32 * i;
-      if (h < H) out[g + h] = from_float<T>((y[i] - mean) * rstd * to_float(weight[h]) + to_float(bias[h]));
-    }
+    float mean, rstd;
+    residual_layernorm_row<T, kPerLane>(s_o + r * L::kLdO, 1.f / s_sum[r], residual + g, weight, bias, attn + g,
+                                        out + g, H, p.eps, mean, rstd);
     if (lane == 0) {
       p.lse[row0 + r] = (s_max[r] + log2f(s_sum[r])) * kLn2;
       p.mean[row0 + r] = mean;

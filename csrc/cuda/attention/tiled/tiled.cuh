@@ -1,5 +1,5 @@
-// The tiled design of CUDA attention + residual + LayerNorm: its design, tile shapes, shared tile I/O, and the
-// per-bucket launchers.
+// The tiled plan of CUDA attention + residual + LayerNorm: its design, tile shapes, shared tile I/O, and the per-bucket
+// launchers. It is the first design, kept as the plan for the shapes where it measured well (lstm_attn/plans.py).
 //
 // Design
 // ------

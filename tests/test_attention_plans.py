@@ -1,0 +1,200 @@
+"""Each kernel plan of attention_layernorm on its own, through the op's `plan` argument: forward and all six gradients
+against the reference, determinism, NaN isolation, empty batches, opcheck. Here: the CPU's gemm plan (its tiled plan
+is what the cpu backend runs in test_attention_layernorm.py). On a GPU: every CUDA plan, at the awkward sizes and at
+T = 4096. The table that picks a plan per call (lstm_attn/plans.py) is tested at the end."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from _backends import require_backend
+from _cases import ATTENTION_LAYERNORM_NAMES, FULL_SHAPES, attention_layernorm_inputs, check_op_parity
+from lstm_attn import plans, reference
+
+gpu = pytest.mark.gpu
+_16BIT = (torch.bfloat16, torch.float16)
+_GPU_DTYPES = (torch.float32, *_16BIT)
+# The GPU's long rows: every plan at T = 4096, where the tiles, the pipelines and the split over keys all repeat.
+LONG_SHAPES = [(2, 4096, 4096, 64), (1, 4096, 4096, 128), (1, 1, 4096, 256), (1, 4096, 4096, 512)]
+# The CPU's gemm plan has no tiles for a size to fall between: the awkward sizes of FULL_SHAPES (T = 1, Tq = 1, odd
+# and non-power-of-two T and H, the largest H) without their repeats, which keeps CI's 2 cores inside its budget.
+CPU_SHAPES = [(B, Tq, Tk, H) for B, Tk, H in itertools.product((1, 3), (1, 7, 130), (1, 59, 128, 512))
+              for Tq in sorted({1, Tk})]
+
+# (plan, device, dtypes): every plan each device runs, less the CPU's tiled plan (the cpu backend's own tests).
+PLAN_DEVICES = [
+    pytest.param("gemm", "cpu", (torch.float64, torch.float32, *_16BIT), id="gemm-cpu"),
+    pytest.param("tiled", "cuda", _GPU_DTYPES, id="tiled-cuda", marks=gpu),
+    pytest.param("gemm", "cuda", _GPU_DTYPES, id="gemm-cuda", marks=gpu),
+]
+
+
+def _runs(plan, dtype, head_dim):
+    return plan != "flash" or plans.can_run(plan, dtype, head_dim)
+
+
+def parity_params():
+    params = []
+    for p in PLAN_DEVICES:
+        plan, device, dtypes = p.values
+        shapes = FULL_SHAPES + LONG_SHAPES if device == "cuda" else CPU_SHAPES
+        for shape, dtype in itertools.product(shapes, dtypes):
+            if _runs(plan, dtype, shape[3]):
+                dt = str(dtype).removeprefix("torch.")
+                params.append(pytest.param(plan, device, shape, dtype, marks=p.marks,
+                                           id=f"{p.id}-{dt}-" + "x".join(map(str, shape))))
+    return params
+
+
+def planned(plan, eps=1e-5, scale=None):
+    """attention_layernorm's forward op with this plan, as a function of the six tensors (autograd through the op)."""
+    def op(q, k, v, residual, weight, bias):
+        s = q.shape[-1] ** -0.5 if scale is None else scale
+        return torch.ops.lstm_attn.attention_layernorm_fwd(q, k, v, residual, weight, bias, eps, s, plan)[0]
+    return op
+
+
+def plan_devices(dtype_of=lambda dtypes: dtypes[0]):
+    """(plan, device, dtype) per plan, with one dtype it runs: for the checks that need not sweep dtypes."""
+    return [pytest.param(p.values[0], p.values[1], dtype_of(p.values[2]), id=p.id, marks=p.marks)
+            for p in PLAN_DEVICES]
+
+
+def _backend(device):
+    return "cpu" if device == "cpu" else "cuda"
+
+
+@pytest.mark.parametrize("plan, device, shape, dtype", parity_params())
+def test_plan_parity_with_reference(plan, device, shape, dtype):
+    require_backend(_backend(device), device)
+    B, Tq, Tk, H = shape
+    inputs = attention_layernorm_inputs(B, Tq, Tk, H, dtype, device)
+    grad_out = torch.randn(B, Tq, H, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(device)
+    check_op_parity(planned(plan), reference.attention_layernorm, inputs, grad_out, ATTENTION_LAYERNORM_NAMES)
+
+
+@pytest.mark.parametrize("plan, device, dtype", plan_devices(lambda d: d[-1]))
+def test_plan_explicit_scale_and_eps(plan, device, dtype):
+    require_backend(_backend(device), device)
+    inputs = attention_layernorm_inputs(2, 5, 9, 16, dtype, device)
+    grad_out = torch.randn(2, 5, 16, dtype=torch.float64).to(device)
+    check_op_parity(planned(plan, eps=1e-3, scale=0.37),
+                    lambda *a: reference.attention_layernorm(*a, eps=1e-3, scale=0.37), inputs, grad_out,
+                    ATTENTION_LAYERNORM_NAMES)
+
+
+@pytest.mark.parametrize("plan, device, dtype", plan_devices())
+def test_plan_backward_is_deterministic(plan, device, dtype):
+    require_backend(_backend(device), device)
+    inputs = attention_layernorm_inputs(3, 97, 97, 64, dtype, device)
+    grad_out = torch.randn(3, 97, 64, dtype=dtype).to(device)
+
+    def grads():
+        leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
+        return torch.autograd.grad(planned(plan)(*leaves), leaves, grad_out)
+
+    for name, a, b in zip(ATTENTION_LAYERNORM_NAMES, grads(), grads()):
+        assert torch.equal(a, b), f"grad_{name} differs between two identical backward runs"
+
+
+@pytest.mark.parametrize("plan, device, dtype", plan_devices())
+def test_plan_nan_stays_in_its_batch_row(plan, device, dtype):
+    require_backend(_backend(device), device)
+    q, k, v, residual, weight, bias = attention_layernorm_inputs(3, 4, 9, 16, dtype, device)
+    poisoned = [t.clone() for t in (q, k, v, residual)]
+    for t in poisoned:
+        t[1, 0, 0] = float("nan")
+    leaves = [t.requires_grad_(True) for t in poisoned]
+    out = planned(plan)(*leaves, weight, bias)
+    out.backward(torch.ones_like(out))
+    assert out[1].isnan().any(), "the poisoned row should be NaN"
+    clean = planned(plan)(q, k, v, residual, weight, bias)
+    for row in (0, 2):
+        torch.testing.assert_close(out[row], clean[row])
+        for t in leaves:
+            assert torch.isfinite(t.grad[row]).all(), "a NaN in batch row 1 leaked into the gradient of another row"
+
+
+@pytest.mark.parametrize("plan, device, dtype", plan_devices())
+def test_plan_empty_batch(plan, device, dtype):
+    require_backend(_backend(device), device)
+    leaves = [t.requires_grad_(True) for t in attention_layernorm_inputs(0, 3, 5, 16, dtype, device)]
+    out = planned(plan)(*leaves)
+    assert out.shape == (0, 3, 16)
+    out.sum().backward()
+    assert torch.equal(leaves[4].grad, torch.zeros_like(leaves[4]))
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+@pytest.mark.parametrize("plan, device, dtype", plan_devices())
+def test_plan_opcheck(plan, device, dtype, requires_grad):
+    require_backend(_backend(device), device)
+    inputs = [t.requires_grad_(requires_grad) for t in attention_layernorm_inputs(2, 3, 5, 16, dtype, device)]
+    torch.library.opcheck(torch.ops.lstm_attn.attention_layernorm_fwd, (*inputs, 1e-5, 0.25, plan))
+    if not requires_grad:
+        saved = torch.ops.lstm_attn.attention_layernorm_fwd(*inputs, 1e-5, 0.25, plan)
+        q, k, v, residual, weight, _ = inputs
+        torch.library.opcheck(torch.ops.lstm_attn.attention_layernorm_bwd,
+                              (torch.randn_like(saved[0]), q, k, v, residual, weight, *saved[1:], 0.25, plan))
+
+
+@pytest.mark.parametrize("plan, device, dtype", plan_devices())
+def test_only_the_gemm_plan_keeps_the_probabilities(plan, device, dtype):
+    require_backend(_backend(device), device)
+    q, k, v, residual, weight, bias = attention_layernorm_inputs(2, 3, 5, 16, dtype, device)
+    probs = torch.ops.lstm_attn.attention_layernorm_fwd(q, k, v, residual, weight, bias, 1e-5, 0.25, plan)[5]
+    if plan != "gemm":
+        assert probs.numel() == 0
+        return
+    expected = torch.softmax(q.double() @ k.double().transpose(1, 2) * 0.25, dim=-1)
+    assert probs.dtype == dtype and probs.shape == (2, 3, 5)
+    torch.testing.assert_close(probs.double(), expected, rtol=0, atol=torch.finfo(dtype).eps)
+
+
+def test_unknown_plan_is_refused_by_name():
+    require_backend("cpu", "cpu")
+    inputs = attention_layernorm_inputs(1, 2, 3, 8, torch.float32, "cpu")
+    with pytest.raises(RuntimeError, match="plan must be 'tiled', 'flash' or 'gemm', got 'fast'"):
+        torch.ops.lstm_attn.attention_layernorm_fwd(*inputs, 1e-5, 0.5, "fast")
+    with pytest.raises(RuntimeError, match="plan 'flash' is a CUDA plan"):
+        torch.ops.lstm_attn.attention_layernorm_fwd(*inputs, 1e-5, 0.5, "flash")
+
+
+def test_gemm_backward_needs_the_kept_probabilities():
+    require_backend("cpu", "cpu")
+    inputs = attention_layernorm_inputs(1, 2, 3, 8, torch.float32, "cpu")
+    q, k, v, residual, weight, _ = inputs
+    out, attn, lse, mean, rstd, no_probs = torch.ops.lstm_attn.attention_layernorm_fwd(*inputs, 1e-5, 0.5)
+    with pytest.raises(RuntimeError, match=r"probs has shape \[0\]; plan 'gemm' needs the probabilities"):
+        torch.ops.lstm_attn.attention_layernorm_bwd(out, q, k, v, residual, weight, attn, lse, mean, rstd, no_probs,
+                                                    0.5, "gemm")
+
+
+# ------------------------------------------------------------------------------------------------- the plan table
+
+@pytest.mark.parametrize("dtype", [torch.float32, *_16BIT])
+@pytest.mark.parametrize("head_dim", [1, 64, 65, 128, 129, 256, 257, 512])
+@pytest.mark.parametrize("keys", [1, 256, 4096])
+def test_every_cuda_shape_gets_a_plan_that_can_run_it(dtype, head_dim, keys):
+    plan = plans.cuda_plan(dtype, head_dim, keys)
+    assert plans.can_run(plan, dtype, head_dim), (plan, dtype, head_dim)
+
+
+def test_forced_plan_applies_where_it_can_run(monkeypatch):
+    monkeypatch.setattr(plans, "FORCED", "flash")
+    assert plans.cuda_plan(torch.bfloat16, 64, 1024) == "flash"
+    monkeypatch.setattr(plans, "FORCED", None)
+    unforced = plans.cuda_plan(torch.float32, 64, 1024)
+    monkeypatch.setattr(plans, "FORCED", "flash")
+    assert plans.cuda_plan(torch.float32, 64, 1024) == unforced  # flash cannot run float32: the table decides
+    monkeypatch.setattr(plans, "FORCED", "gemm")
+    assert {plans.cuda_plan(d, h, 256) for d in (torch.float32, *_16BIT) for h in (8, 512)} == {"gemm"}
+
+
+def test_forced_plan_must_be_a_plan(monkeypatch):
+    monkeypatch.setenv("LSTM_ATTN_CUDA_PLAN", "fastest")
+    with pytest.raises(ValueError, match="LSTM_ATTN_CUDA_PLAN must be one of tiled, flash, gemm; got 'fastest'"):
+        plans._forced_plan()
