@@ -45,7 +45,8 @@ class Row:
 # First matching row wins. Measurements: benchmarks/results/bench-nvidia-h200-2026-11-27-run5.json (run 5, H200,
 # forward+backward, 16k tokens; "x ref" is the speedup over the reference).
 CUDA_PLANS = (
-    Row(_16BIT, 128, None, "tiled", "run 5: 0.94-3.66x ref (T = 256, 1024), under SDPA at T = 1024, H = 128"),
+    Row(_16BIT, 128, None, "flash",
+        "pending; tiled measured 0.94-3.66x ref (T = 256, 1024), under SDPA at T = 1024, H = 128"),
     Row(_16BIT, 256, None, "tiled", "run 5: 2.24x ref at T = 256, 0.46x at T = 1024; gemm pending for T >= 1024"),
     Row(_16BIT, 512, None, "gemm", "pending; tiled measured 0.23x ref (T = 1024) and 0.77x (T = 256)"),
     Row((torch.float32,), 64, None, "tiled", "run 5: 3.24x ref at T = 256, 1.19x at T = 1024"),

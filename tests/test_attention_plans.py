@@ -29,6 +29,7 @@ PLAN_DEVICES = [
     pytest.param("gemm", "cpu", (torch.float64, torch.float32, *_16BIT), id="gemm-cpu"),
     pytest.param("tiled", "cuda", _GPU_DTYPES, id="tiled-cuda", marks=gpu),
     pytest.param("gemm", "cuda", _GPU_DTYPES, id="gemm-cuda", marks=gpu),
+    pytest.param("flash", "cuda", _16BIT, id="flash-cuda", marks=gpu),
 ]
 
 
@@ -171,6 +172,17 @@ def test_gemm_backward_needs_the_kept_probabilities():
     with pytest.raises(RuntimeError, match=r"probs has shape \[0\]; plan 'gemm' needs the probabilities"):
         torch.ops.lstm_attn.attention_layernorm_bwd(out, q, k, v, residual, weight, attn, lse, mean, rstd, no_probs,
                                                     0.5, "gemm")
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_flash_refuses_what_it_cannot_run(dtype):
+    """Checked before any launch: float32, or H beyond the flash kernels' largest."""
+    require_backend("cuda", "cuda")
+    H = 8 if dtype == torch.float32 else plans.CAN_RUN["flash"][1] + 1
+    inputs = attention_layernorm_inputs(1, 2, 3, H, dtype, "cuda")
+    with pytest.raises(RuntimeError, match="plan 'flash' runs"):
+        torch.ops.lstm_attn.attention_layernorm_fwd(*inputs, 1e-5, 0.5, "flash")
 
 
 # ------------------------------------------------------------------------------------------------- the plan table

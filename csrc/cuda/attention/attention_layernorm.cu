@@ -1,7 +1,7 @@
 // The CUDA kernels of lstm_attn::attention_layernorm_fwd / _bwd: input checks, then the plan the call names
 // (checks.h; lstm_attn/plans.py chooses it): "gemm" runs csrc/attention_gemm.cpp with this device's steps
-// (gemm/steps.cpp); "tiled" allocates and dispatches to the smallest compiled head-dim bucket that holds H
-// (tiled/{fwd,bwd}.cuh).
+// (gemm/steps.cpp); "tiled" and "flash" allocate and dispatch to the smallest compiled head-dim bucket that holds H
+// (tiled/{fwd,bwd}.cuh, flash/{fwd,bwd}.cuh).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -15,6 +15,7 @@
 
 #include "attention_gemm.h"
 #include "checks.h"
+#include "cuda/attention/flash/flash.cuh"
 #include "cuda/attention/tiled/tiled.cuh"
 
 namespace lstm_attn::gpu {
@@ -52,14 +53,32 @@ void with_head_dim_bucket(int64_t H, F&& f) {
               " (or a larger one), which this build left out; rebuild with it in LSTM_ATTN_HEAD_DIMS");
 }
 
-void attention_fwd(const AttnFwdParams& p, MmaPath path, cudaStream_t stream) {
+void attention_fwd(const AttnFwdParams& p, Plan plan, MmaPath path, c10::ScalarType dtype, cudaStream_t stream) {
+  if (plan == Plan::kFlash) {
+    return with_head_dim_bucket<flash::kMaxHeadDim>(
+        p.H, [&](auto bucket) { flash::fwd_bucket<decltype(bucket)::value>(p, dtype, stream); });
+  }
   with_head_dim_bucket<kMaxHeadDim>(
       p.H, [&](auto bucket) { attention_fwd_bucket<decltype(bucket)::value>(p, path, stream); });
 }
 
-void attention_bwd(const AttnBwdParams& p, MmaPath path, cudaStream_t stream) {
+// The flash backward adds the key blocks' dQ shares into p.dq_accum, then scales and rounds it into p.grad_q.
+void attention_bwd(const AttnBwdParams& p, Plan plan, MmaPath path, c10::ScalarType dtype, cudaStream_t stream) {
+  if (plan == Plan::kFlash) {
+    with_head_dim_bucket<flash::kMaxHeadDim>(
+        p.H, [&](auto bucket) { flash::bwd_bucket<decltype(bucket)::value>(p, dtype, stream); });
+    return flash::dq_convert(p.dq_accum, static_cast<int64_t>(p.B) * p.Tq * p.H, p.scale, p.grad_q, dtype, stream);
+  }
   with_head_dim_bucket<kMaxHeadDim>(
       p.H, [&](auto bucket) { attention_bwd_bucket<decltype(bucket)::value>(p, path, stream); });
+}
+
+// What the flash kernels run, refused by name before anything is allocated.
+void check_flash(const at::Tensor& q) {
+  const auto dtype = q.scalar_type();
+  TORCH_CHECK((dtype == at::kHalf || dtype == at::kBFloat16) && q.size(2) <= flash::kMaxHeadDim,
+              "plan 'flash' runs bfloat16 and float16 with H up to ", flash::kMaxHeadDim, "; q has dtype ", dtype,
+              " and H = ", q.size(2));
 }
 
 // float32 runs on tensor cores (tf32) only where torch.backends.cuda.matmul.allow_tf32 allows it, as cuBLAS does.
@@ -108,7 +127,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   check_bias(bias_in, q_in);
   check_cuda_limits(q_in, k_in);
   const Plan plan = parse_plan(plan_name);
-  TORCH_CHECK(plan != Plan::kFlash, "plan 'flash' is not built yet");
+  if (plan == Plan::kFlash) check_flash(q_in);
   const c10::cuda::CUDAGuard guard(q_in.device());
   const at::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
   const at::Tensor residual = residual_in.contiguous(), weight = weight_in.contiguous(), bias = bias_in.contiguous();
@@ -137,7 +156,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   p.scale = static_cast<float>(scale);
   p.eps = static_cast<float>(eps);
   p.vec = rows_16b_aligned(p.H, q.element_size(), {p.q, p.k, p.v});
-  attention_fwd(p, mma_path(q.scalar_type()), c10::cuda::getCurrentCUDAStream());
+  attention_fwd(p, plan, mma_path(q.scalar_type()), q.scalar_type(), c10::cuda::getCurrentCUDAStream());
   return {out, attn, lse, mean, rstd, no_probs};
 }
 
@@ -154,7 +173,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   check_row_stats(rstd_in, "rstd", q_in);
   check_cuda_limits(q_in, k_in);
   const Plan plan = parse_plan(plan_name);
-  TORCH_CHECK(plan != Plan::kFlash, "plan 'flash' is not built yet");
+  if (plan == Plan::kFlash) check_flash(q_in);
   if (plan == Plan::kGemm) check_probs(probs, q_in, k_in);
   const c10::cuda::CUDAGuard guard(q_in.device());
   const at::Tensor grad_out = grad_out_in.contiguous(), q = q_in.contiguous(), k = k_in.contiguous();
@@ -197,7 +216,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   p.H = H;
   p.scale = static_cast<float>(scale);
   p.vec = rows_16b_aligned(H, q.element_size(), {p.q, p.k, p.v, p.grad_attn});
-  attention_bwd(p, mma_path(dtype), stream);
+  at::Tensor dq_accum, dq_locks;  // the flash plan's ordered dQ sum (flash.cuh)
+  if (plan == Plan::kFlash) {
+    dq_accum = at::zeros(q.sizes(), q.options().dtype(at::kFloat));
+    dq_locks = at::zeros({flash::dq_lock_count(p.B, p.Tq)}, q.options().dtype(at::kInt));
+    p.dq_accum = dq_accum.data_ptr<float>();
+    p.dq_locks = dq_locks.data_ptr<int>();
+  }
+  attention_bwd(p, plan, mma_path(dtype), dtype, stream);
   return {grad_q, grad_k, grad_v, grad_residual, grad_weight, grad_bias};
 }
 
