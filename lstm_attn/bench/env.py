@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 import lstm_attn
-from lstm_attn import host
+from lstm_attn import host, plans
 
 REPO = Path(lstm_attn.__file__).resolve().parent.parent
 
@@ -109,6 +109,8 @@ def environment(device: torch.device) -> dict:
             "cuda": torch.version.cuda or "none",
             # Whether the Triton rows come from autotuned configs or each table's first (default) config.
             "triton_autotune": os.environ.get("LSTM_ATTN_TRITON_AUTOTUNE", "1") != "0",
+            # The cuda rows' kernel plan: lstm_attn/plans.py's table, or the one LSTM_ATTN_CUDA_PLAN forces.
+            "cuda_plan": plans.FORCED or "table",
             "allow_tf32": torch.backends.cuda.matmul.allow_tf32,
         })
     else:
