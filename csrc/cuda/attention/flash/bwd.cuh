@@ -102,10 +102,8 @@ __global__ void __launch_bounds__(kThreads, 2) flash_bwd_kernel(const AttnBwdPar
         const int row = j * 8 + lane % 8 + lane / 16 * 8, col = kk * 16 + lane / 8 % 2 * 8;
         ldmatrix_x4(qf, s_q + L::QTile::offset(row, col));
         ldmatrix_x4(of, s_do + L::QTile::offset(row, col));
-        mma_16816<T>(s[j], kf, {qf[0], qf[1]});
-        mma_16816<T>(s[j + 1], kf, {qf[2], qf[3]});
-        mma_16816<T>(dp[j], vf, {of[0], of[1]});
-        mma_16816<T>(dp[j + 1], vf, {of[2], of[3]});
+        mma_two_blocks<T>(s[j], s[j + 1], kf, qf);
+        mma_two_blocks<T>(dp[j], dp[j + 1], vf, of);
       }
     }
     // P^T = exp(S^T scale - lse) and dS^T = P^T (dP^T - delta), columns indexed by query; 0 outside the tensor.
@@ -138,10 +136,8 @@ __global__ void __launch_bounds__(kThreads, 2) flash_bwd_kernel(const AttnBwdPar
         const int row = kk * 16 + lane % 8 + lane / 8 % 2 * 8, col = j * 8 + lane / 16 * 8;
         ldmatrix_x4_trans(of, s_do + L::QTile::offset(row, col));
         ldmatrix_x4_trans(qf, s_q + L::QTile::offset(row, col));
-        mma_16816<T>(dv[j], pf, {of[0], of[1]});
-        mma_16816<T>(dv[j + 1], pf, {of[2], of[3]});
-        mma_16816<T>(dk[j], df, {qf[0], qf[1]});
-        mma_16816<T>(dk[j + 1], df, {qf[2], qf[3]});
+        mma_two_blocks<T>(dv[j], dv[j + 1], pf, of);
+        mma_two_blocks<T>(dk[j], dk[j + 1], df, qf);
       }
     }
     __syncthreads();  // dS^T complete
@@ -160,8 +156,7 @@ __global__ void __launch_bounds__(kThreads, 2) flash_bwd_kernel(const AttnBwdPar
         uint32_t kf[4];
         ldmatrix_x4_trans(kf, s_k + L::KvTile::offset(kk * 16 + lane % 8 + lane / 8 % 2 * 8,
                                                       dq_n0 + j * 8 + lane / 16 * 8));
-        mma_16816<T>(dq[j], af, {kf[0], kf[1]});
-        mma_16816<T>(dq[j + 1], af, {kf[2], kf[3]});
+        mma_two_blocks<T>(dq[j], dq[j + 1], af, kf);
       }
     }
     // Added after key block n - 1's share and before n + 1's: the same order on every run.

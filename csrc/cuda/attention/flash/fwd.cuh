@@ -78,8 +78,7 @@ __global__ void __launch_bounds__(kThreads, 2) flash_fwd_kernel(const AttnFwdPar
       for (int j = 0; j < kSBlocks; j += 2) {  // two n-blocks (16 keys) per ldmatrix
         uint32_t kf[4];
         ldmatrix_x4(kf, s_k + L::KvTile::offset(j * 8 + lane % 8 + lane / 16 * 8, kk * 16 + lane / 8 % 2 * 8));
-        mma_16816<T>(s[j], qf[kk], {kf[0], kf[1]});
-        mma_16816<T>(s[j + 1], qf[kk], {kf[2], kf[3]});
+        mma_two_blocks<T>(s[j], s[j + 1], qf[kk], kf);
       }
 
     // Scores to log2 units; keys past Tk (only in the last tile) to -inf, after scaling, whatever the scale's sign.
@@ -124,8 +123,7 @@ __global__ void __launch_bounds__(kThreads, 2) flash_fwd_kernel(const AttnFwdPar
       for (int j = 0; j < kOBlocks; j += 2) {
         uint32_t vf[4];
         ldmatrix_x4_trans(vf, s_v + L::KvTile::offset(kk * 16 + lane % 8 + lane / 8 % 2 * 8, j * 8 + lane / 16 * 8));
-        mma_16816<T>(o[j], pf, {vf[0], vf[1]});
-        mma_16816<T>(o[j + 1], pf, {vf[2], vf[3]});
+        mma_two_blocks<T>(o[j], o[j + 1], pf, vf);
       }
     }
   }

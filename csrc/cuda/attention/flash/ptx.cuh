@@ -75,6 +75,15 @@ __device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4],
   }
 }
 
+// c0 += a * b[0..1] and c1 += a * b[2..3]: the B fragments of two n-neighbouring 16 x 8 blocks, as one ldmatrix_x4
+// loads them.
+template <class T>
+__device__ __forceinline__ void mma_two_blocks(float (&c0)[4], float (&c1)[4], const uint32_t (&a)[4],
+                                               const uint32_t (&b)[4]) {
+  mma_16816<T>(c0, a, {b[0], b[1]});
+  mma_16816<T>(c1, a, {b[2], b[3]});
+}
+
 // Two floats rounded to T (round to nearest even) in one 32-bit register, the first in the low half.
 template <class T>
 __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
