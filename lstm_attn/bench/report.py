@@ -72,10 +72,14 @@ GOALS = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", nargs="+", help="result files written by `lstm-attn bench` and `lstm-attn profile`")
+    parser.add_argument("files", nargs="*", help="result files written by `lstm-attn bench` and `lstm-attn profile`")
     parser.add_argument("--out", default="bench-report", help="output folder (default: %(default)s)")
     parser.add_argument("--stem", default="report", help="file name stem of the outputs (default: %(default)s)")
     parser.add_argument("--quiet", action="store_true", help="write the files without printing the markdown")
+    parser.add_argument("--readme", metavar="MARKDOWN", help="instead: re-render the generated blocks of this "
+                        "markdown file (e.g. README.md) from the result files each names")
+    parser.add_argument("--check", action="store_true", help="with --readme: change nothing; exit 1 if a block "
+                        "differs from what its files give")
 
 
 @dataclass(frozen=True, eq=False)  # compared and hashed by identity: one object per file
@@ -207,10 +211,15 @@ def _kernel_notes(sel: list[dict]) -> str:
 
 
 def cross_device_table(rows: list[dict]) -> str:
-    """Speedup vs the reference (and vs the best peer) per backend and device, per case, pass and shape."""
+    """Speedup vs the reference (and vs the best peer) per backend and device, per case, pass and shape, for the
+    backends measured on more than one device; empty if there are none."""
     devices = _unique(r["device"] for r in rows)
-    ours = _unique(r["backend"] for r in rows if r["kind"] == "ours")
+    ours = [b for b in _unique(r["backend"] for r in rows if r["kind"] == "ours")
+            if len({r["device"] for r in rows if r["backend"] == b}) > 1]
     columns = [(d, b) for d in devices for b in ours if any(r["device"] == d and r["backend"] == b for r in rows)]
+    if not columns:
+        return ""
+    rows = [r for r in rows if r["backend"] in ours]
     cells = {(r["case"], r["pass"], *_shape_key(r), r["device"], r["backend"]): r for r in rows}
     body = []
     for key in _unique((r["case"], r["pass"], *_shape_key(r)) for r in rows):
@@ -223,30 +232,31 @@ def cross_device_table(rows: list[dict]) -> str:
     return markdown_table(["case", "pass", "dtype", "B", "T", "H", *(f"{b} on {d}" for d, b in columns)], body)
 
 
-def timing_sections(merged: list[tuple[Run, dict]]) -> str:
-    """Per timing: across devices (where there are several), then per run and (case, pass), the times and
-    speedups."""
+def timing_tables(merged: list[tuple[Run, dict]], timing: str, heading: str = "###") -> str:
+    """One timing's tables: across devices (where there are several), then per run and (case, pass)."""
+    method = SECTIONS[timing][1]
+    mine = [(run, row) for run, row in merged if row["timing"] == timing]
     parts = []
-    for timing, (heading, method) in SECTIONS.items():
-        mine = [(run, row) for run, row in merged if row["timing"] == timing]
-        if not mine:
-            continue
-        parts.append(f"## {heading}")
-        if len({row["device"] for _, row in mine}) > 1:
-            parts.append("Speedup vs reference (vs best peer), per backend and device:\n\n"
-                         + cross_device_table([row for _, row in mine]))
-        for run in _unique(run for run, _ in mine):
-            rows = [row for r, row in mine if r is run]
-            parts.append(f"### {run.title}\n\n{env_line(run.env, run.doc.get('ceilings'))}")
-            for case, pass_ in _unique((r["case"], r["pass"]) for r in rows):
-                sel = [r for r in rows if r["case"] == case and r["pass"] == pass_]
-                table, marks = _case_table(sel, method)
-                notes = [f"{m} {MARK_NOTES[m]}" for m in sorted(marks)]
-                if _kernel_notes(sel):
-                    notes.append(_kernel_notes(sel))
-                parts.append(f"**{case} {pass_}** (ms: median; ×: speedup)\n\n{table}"
-                             + "".join(f"\n\n{n}" for n in notes))
+    across = cross_device_table([row for _, row in mine])
+    if across:
+        parts.append(f"Speedup vs reference (vs best peer), per backend and device:\n\n{across}")
+    for run in _unique(run for run, _ in mine):
+        rows = [row for r, row in mine if r is run]
+        parts.append(f"{heading} {run.title}\n\n{env_line(run.env, run.doc.get('ceilings'))}")
+        for case, pass_ in _unique((r["case"], r["pass"]) for r in rows):
+            sel = [r for r in rows if r["case"] == case and r["pass"] == pass_]
+            table, marks = _case_table(sel, method)
+            notes = [f"{m} {MARK_NOTES[m]}" for m in sorted(marks)]
+            if _kernel_notes(sel):
+                notes.append(_kernel_notes(sel))
+            parts.append(f"**{case} {pass_}** (ms: median; ×: speedup)\n\n{table}" + "".join(f"\n\n{n}" for n in notes))
     return "\n\n".join(parts)
+
+
+def timing_sections(merged: list[tuple[Run, dict]]) -> str:
+    """Every timing that has rows, under its own heading."""
+    return "\n\n".join(f"## {heading}\n\n{timing_tables(merged, timing)}" for timing, (heading, _) in SECTIONS.items()
+                       if any(row["timing"] == timing for _, row in merged))
 
 
 def goals_table(merged: list[tuple[Run, dict]]) -> str:
@@ -361,7 +371,26 @@ def _slug(device: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
 
 
+def _readme(args: argparse.Namespace) -> int:
+    from lstm_attn.bench import readme
+
+    try:
+        stale = readme.update(Path(args.readme), check=args.check)
+    except (OSError, ValueError) as exc:  # SchemaError is a ValueError
+        print(f"lstm-attn report: error: {exc}", file=sys.stderr)
+        return 2
+    verb = "differ from their files" if args.check else "re-rendered"
+    print(f"{args.readme}: {len(stale)} generated block(s) {verb}" + "".join(f"\n  {s}" for s in stale),
+          file=sys.stderr)
+    return 1 if args.check and stale else 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.readme:
+        return _readme(args)
+    if not args.files:
+        print("lstm-attn report: error: give result files, or --readme MARKDOWN", file=sys.stderr)
+        return 2
     try:
         benches, profiles = load_runs(args.files)
     except schema.SchemaError as exc:
