@@ -139,7 +139,7 @@ def _result(device, device_type, timestamp, ms, timing="eager"):
                 "unit": "ms", "ms_p20": t * 0.9, "ms_p50": t, "ms_p80": t * 1.1, "reps": 10, "parity_err": 1e-7,
                 "speedup_vs_reference": timed["reference"] / t, "best_peer": best,
                 "speedup_vs_best_peer": timed[best] / t, "flops": flops, "bytes": 1000, "tflops": flops / t / 1e9,
-                "gbps": 1.0, "tflops_fraction": 0.1, "gbps_fraction": 0.01, "device": device,
+                "gbps": 1.0, "tflops_fraction": 0.1, "gbps_fraction": 0.01, "peak_mb": None, "device": device,
                 "timestamp": timestamp, "version": "0.1.0"})
     rows.append({**rows[-1], "backend": "triton", "status": "skipped: no GPU", "ms_p20": None, "ms_p50": None,
                  "ms_p80": None, "reps": None, "speedup_vs_reference": None, "best_peer": None,
@@ -188,7 +188,7 @@ def test_report_keeps_the_timings_apart_and_reads_every_kind_of_file(tmp_path):
     old = _result("AMD EPYC", "cpu", "2024-12-01T00:00:00+00:00", {"reference": 5.0, "sdpa": 4.0, "cpu": 2.0})
     old["schema"] = "lstm_attn.bench/1"
     for row in old["rows"]:
-        del row["timing"], row["method"], row["detail"]
+        del row["timing"], row["method"], row["detail"], row["peak_mb"]
     profile = {"schema": "lstm_attn.profile/1", "env": {**doc["env"], "device_type": "cuda"}, "rows": [
         {"backend": "cuda", "dtype": "float32", "shape": {"B": 64, "T": 256, "H": 128}, "status": "ok",
          "wall_ms": 0.6, "host_ms": 0.1, "device_ms": 0.5, "kernels": [{"name": "fwd_kernel", "ms": 0.3, "calls": 1}]}]}
@@ -202,7 +202,7 @@ def test_report_keeps_the_timings_apart_and_reads_every_kind_of_file(tmp_path):
     sections = [md.index(h) for h in ("## Device time", "## Eager wall time", "## Host cost", "## Goals",
                                       "## Where the time goes", "## Rows not timed")]
     assert sections == sorted(sections)
-    device, eager_part, host_part = md[sections[0]:sections[1]], md[sections[1]:sections[2]], md[sections[2]:sections[3]]
+    device, eager_part, host_part = (md[a:b] for a, b in zip(sections, sections[1:4]))
     assert "| float32 | 64 | 256 | 128 | 2† | 1 | 0.5 |  | 4.00x | 2.00x (sdpa) | – | – |" in device
     assert "† not capturable in a CUDA graph" in device
     assert "| float32 | 64 | 256 | 128 | 3 | 2 | 1.5 |  | 2.00x | 1.33x (sdpa) | – | – |" in eager_part

@@ -52,7 +52,8 @@ SASS = f"""
 
 
 def test_resources_threads_and_local_accesses_are_read_per_kernel():
-    assert kernels.parse_resources(RESOURCES) == [("sm_90", DQ, (128, 0, 1024, 0)), ("sm_90", DKDV, (168, 16, 3072, 24))]
+    assert kernels.parse_resources(RESOURCES) == [("sm_90", DQ, (128, 0, 1024, 0)),
+                                                  ("sm_90", DKDV, (168, 16, 3072, 24))]
     assert kernels.parse_max_threads(ELF) == {DQ: 128, DKDV: 256}
     assert kernels.parse_local_accesses(SASS) == {DQ: 0, DKDV: 2}  # LDS and LDG are not local memory
 

@@ -18,7 +18,8 @@ def test_every_generated_table_in_the_readme_matches_its_files():
 def test_a_stale_block_is_found_and_rewritten(tmp_path):
     results = README.parent / "benchmarks" / "results" / "profile-nvidia-h200-2026-11-27.json"
     doc = tmp_path / "doc.md"
-    doc.write_text(f"Intro.\n<!-- generated: profile {results} -->\n| typed | by hand |\n<!-- end generated -->\nEnd.\n")
+    doc.write_text(f"Intro.\n<!-- generated: profile {results} -->\n| typed | by hand |\n"
+                   "<!-- end generated -->\nEnd.\n")
     assert readme.update(doc, check=True) == [f"profile {results}"]
     assert "| typed | by hand |" in doc.read_text()  # --check changes nothing
     assert readme.update(doc) == [f"profile {results}"]

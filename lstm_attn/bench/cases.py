@@ -221,9 +221,9 @@ def op_group(pass_: str, dtype_label: str, B: int, T: int, H: int, providers: li
 
     def candidate(name: str) -> Candidate:
         p = PROVIDERS[name]
+        describe = (lambda: f"SDPA kernel: {sdpa_kernel(*sets[0].args[:3])}") if name == "sdpa" else None
         return Candidate(name, p.kind, lambda: op_runner(p.build(), pass_, sets, checked),
-                         skip_reason=p.unavailable(device, dtype, H), checked=name != REFERENCE,
-                         describe=(lambda: f"SDPA kernel: {sdpa_kernel(*sets[0].args[:3])}") if name == "sdpa" else None)
+                         skip_reason=p.unavailable(device, dtype, H), checked=name != REFERENCE, describe=describe)
 
     return Group(CASE, pass_, dtype, {"B": B, "T": T, "H": H}, work, REFERENCE, PEERS,
                  [candidate(name) for name in providers], lambda: _expected(pass_, checked), n_sets=len(sets),

@@ -93,7 +93,7 @@ def _run_group(group: Group, device: torch.device, budget: Budget, ceilings: dic
             "ms_p20": None, "ms_p50": None, "ms_p80": None, "reps": None, "parity_err": None,
             "speedup_vs_reference": None, "best_peer": None, "speedup_vs_best_peer": None,
             "flops": group.work.flops, "bytes": group.work.bytes,
-            "tflops": None, "gbps": None, "tflops_fraction": None, "gbps_fraction": None, **stamp,
+            "tflops": None, "gbps": None, "tflops_fraction": None, "gbps_fraction": None, "peak_mb": None, **stamp,
         }
         if cand.skip_reason:
             found = [{"status": f"skipped: {cand.skip_reason}"}] * len(group.timings)

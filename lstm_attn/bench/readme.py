@@ -8,7 +8,8 @@ A generated block in a markdown file:
     <!-- end generated -->
 
 KIND is one of RENDERERS: `graph`, `eager` and `host` the sweep tables of that timing, `goals` the goals table,
-`profile` a profile's table, `kernels` a summary of a `lstm-attn kernels --json` file. FILE paths are relative
+`profile` a profile's table, `kernels` a summary of a `lstm-attn kernels --json` file, `scaling` the
+model_scaling tables (time and peak memory against T). FILE paths are relative
 to the markdown file. `lstm-attn report --readme README.md` rewrites every block; with `--check` it only says
 which blocks are stale, and exits 1 if any is.
 """
@@ -31,6 +32,11 @@ def _sweep(timing: str) -> Callable[[list[Path]], str]:
         benches, _ = report.load_runs([str(p) for p in paths])
         return report.timing_tables(report.merge(benches), timing, heading="####")
     return render
+
+
+def _scaling(paths: list[Path]) -> str:
+    benches, _ = report.load_runs([str(p) for p in paths])
+    return report.scaling_tables(report.merge(benches), heading="####")
 
 
 def _goals(paths: list[Path]) -> str:
@@ -63,7 +69,7 @@ def _kernels(paths: list[Path]) -> str:
 
 RENDERERS: dict[str, Callable[[list[Path]], str]] = {
     "graph": _sweep("graph"), "eager": _sweep("eager"), "host": _sweep("host"),
-    "goals": _goals, "profile": _profile, "kernels": _kernels,
+    "goals": _goals, "profile": _profile, "kernels": _kernels, "scaling": _scaling,
 }
 
 

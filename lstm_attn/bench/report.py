@@ -36,6 +36,7 @@ MARK_NOTES = {
     "‡": "schema 1: CUDA events recorded without a synchronize, so the host's issue time when it was the slower",
 }
 PLOTTED = {"attention_layernorm": "fwd+bwd"}  # the case and pass the plots show
+SCALING = "model_scaling"  # rows with their own section and plot: time and peak memory against T
 
 
 @dataclass(frozen=True)
@@ -235,7 +236,7 @@ def cross_device_table(rows: list[dict]) -> str:
 def timing_tables(merged: list[tuple[Run, dict]], timing: str, heading: str = "###") -> str:
     """One timing's tables: across devices (where there are several), then per run and (case, pass)."""
     method = SECTIONS[timing][1]
-    mine = [(run, row) for run, row in merged if row["timing"] == timing]
+    mine = [(run, row) for run, row in merged if row["timing"] == timing and row["case"] != SCALING]
     parts = []
     across = cross_device_table([row for _, row in mine])
     if across:
@@ -256,7 +257,97 @@ def timing_tables(merged: list[tuple[Run, dict]], timing: str, heading: str = "#
 def timing_sections(merged: list[tuple[Run, dict]]) -> str:
     """Every timing that has rows, under its own heading."""
     return "\n\n".join(f"## {heading}\n\n{timing_tables(merged, timing)}" for timing, (heading, _) in SECTIONS.items()
-                       if any(row["timing"] == timing for _, row in merged))
+                       if any(row["timing"] == timing and row["case"] != SCALING for _, row in merged))
+
+
+def _why_not(row: dict | None) -> str:
+    """A short cell for a row without a time: "out of memory", "time cap", "refused", ... (not run: empty)."""
+    if row is None:
+        return ""
+    kind, _, rest = row["status"].partition(": ")
+    return rest.split(" (")[0].split(":")[0] if kind == "skipped" else kind
+
+
+def _fmt_mb(x: float | None) -> str:
+    return "–" if x is None else f"{x:.0f}"
+
+
+def scaling_tables(merged: list[tuple[Run, dict]], heading: str = "###") -> str:
+    """Per run of the model_scaling case: time and peak memory of every provider against T, ours' ratios to the
+    seed, and the fitted growth exponents (slope on a log-log scale)."""
+    from lstm_attn.bench.scaling import SEED, slope
+
+    mine = [(run, row) for run, row in merged if row["case"] == SCALING]
+    parts = []
+    for run in _unique(run for run, _ in mine):
+        rows = [row for r, row in mine if r is run]
+        names = _unique(r["backend"] for r in rows)
+        ours = [n for n in names if n != SEED]
+        cells = {(r["shape"]["T"], r["backend"]): r for r in rows}
+        header = ["T", *(f"{n} {what}" for n in names for what in ("ms", "peak MB")),
+                  *(f"{n} ×seed {what}" for n in ours for what in ("time", "memory"))]
+        body = []
+        for T in sorted({r["shape"]["T"] for r in rows}):
+            line = [str(T)]
+            for n in names:
+                r = cells.get((T, n))
+                ok = r is not None and r["status"] == "ok"
+                line += [fmt_ms(r["ms_p50"]), _fmt_mb(r["peak_mb"])] if ok else [_why_not(r), ""]
+            seed = cells.get((T, SEED))
+            for n in ours:
+                r = cells.get((T, n))
+                both = r is not None and seed is not None and r["status"] == seed["status"] == "ok"
+                line += [_x(seed["ms_p50"] / r["ms_p50"]) if both else "–",
+                         _x(seed["peak_mb"] / r["peak_mb"]) if both and r["peak_mb"] and seed["peak_mb"] else "–"]
+            body.append(line)
+        fits = []
+        for n in names:
+            ok = sorted((r["shape"]["T"], r) for r in rows if r["backend"] == n and r["status"] == "ok")
+            k_time = slope([(T, r["ms_p50"]) for T, r in ok])
+            k_mem = slope([(T, r["peak_mb"]) for T, r in ok if r["peak_mb"]])
+            if k_time is not None:
+                fits.append(f"{n}: time ∝ T^{k_time:.2f}" + (f", peak memory ∝ T^{k_mem:.2f}" if k_mem else ""))
+        shape = rows[0]["shape"]
+        parts.append(f"{heading} {run.title}\n\n{env_line(run.env)}\n\nOne training step (forward, loss, backward, "
+                     f"Adam), float32, B={shape['B']}, input {shape['input_size']}, H={shape['H']}, "
+                     f"{shape['layers']} layers; median of the timed steps and their peak memory"
+                     f"{' (peak resident set of a process per point)' if run.env['device_type'] == 'cpu' else ''}."
+                     f"\n\n{markdown_table(header, body)}\n\nFitted over the points that ran: {'; '.join(fits)}.")
+    return "\n\n".join(parts)
+
+
+def plot_scaling(device: str, rows: list[dict], path: Path) -> bool:
+    """Time and peak memory against T on log-log axes, one line per provider, its fitted exponent in the legend."""
+    from lstm_attn.bench.scaling import slope
+
+    names = _unique(r["backend"] for r in rows if r["status"] == "ok")
+    if not names:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+    for ax, metric, label in ((axes[0], "ms_p50", "ms per training step"), (axes[1], "peak_mb", "peak memory (MB)")):
+        for i, n in enumerate(names):
+            pts = sorted((r["shape"]["T"], r[metric]) for r in rows
+                         if r["backend"] == n and r["status"] == "ok" and r[metric])
+            if pts:
+                k = slope(pts)
+                ax.plot(*zip(*pts), marker="o", color=plt.get_cmap("tab10")(i % 10),
+                        label=f"{n} (∝ T^{k:.2f})" if k is not None else n)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("T")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7)
+        ax.tick_params(labelsize=7)
+    fig.suptitle(f"{device}: {SCALING}, time and peak memory against T", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def goals_table(merged: list[tuple[Run, dict]]) -> str:
@@ -294,8 +385,10 @@ def markdown(benches: list[Run], profiles: list[Run]) -> str:
     merged = merge(benches)
     src = "\n".join(f"- {run.source}: {run.env['device']}, {run.env['timestamp']}, commit {run.env['git_commit']}"
                     for run in [*benches, *profiles])
-    parts = ["# lstm_attn benchmarks", f"Sources:\n{src}", timing_sections(merged),
-             "## Goals", goals_table(merged)]
+    parts = ["# lstm_attn benchmarks", f"Sources:\n{src}", timing_sections(merged)]
+    if any(row["case"] == SCALING for _, row in merged):
+        parts += ["## Cost against sequence length (model_scaling)", scaling_tables(merged)]
+    parts += ["## Goals", goals_table(merged)]
     if profiles:
         parts += ["## Where the time goes (lstm-attn profile)", profile_sections(profiles)]
     parts += ["## Rows not timed", not_timed(merged)]
@@ -401,12 +494,18 @@ def run(args: argparse.Namespace) -> int:
     text = markdown(benches, profiles)
     written = [out / f"{args.stem}.md"]
     written[0].write_text(text, encoding="utf-8")
-    for device, rows in plot_rows(merge(benches)).items():
+    merged = merge(benches)
+    for device, rows in plot_rows(merged).items():
         for metric, ylabel, suffix in (("speedup_vs_reference", "speedup vs reference", "speedup"),
                                        ("tflops", "TFLOP/s", "tflops")):
             path = out / f"{args.stem}-{_slug(device)}-{suffix}.png"
             if plot(device, rows, metric, ylabel, path):
                 written.append(path)
+    for device in _unique(row["device"] for _, row in merged if row["case"] == SCALING):
+        path = out / f"{args.stem}-{_slug(device)}-scaling.png"
+        if plot_scaling(device, [row for _, row in merged if row["case"] == SCALING and row["device"] == device],
+                        path):
+            written.append(path)
     if not args.quiet:
         print(text)
     print("wrote " + ", ".join(map(str, written)), file=sys.stderr)

@@ -13,7 +13,8 @@ Each row is flat, after Liger-Kernel's benchmark rows (kernel/provider/mode/metr
   metric "time", unit "ms", ms_p20, ms_p50, ms_p80, reps,
   parity_err (max |x - float64 reference| / max(1, max |reference|)), speedup_vs_reference, best_peer,
   speedup_vs_best_peer (against rows of the same timing), flops, bytes, tflops, gbps, tflops_fraction,
-  gbps_fraction (of the measured ceilings; null for host rows), device, timestamp, version.
+  gbps_fraction (of the measured ceilings; null for host rows), peak_mb (the peak memory of the timed calls, where
+  the case measures it: model_scaling), device, timestamp, version.
 Files of schema 1 (no timing, method or detail) are read and upgraded: their CPU rows were synchronised wall
 times, their GPU rows CUDA events recorded without a synchronize.
 """
@@ -62,6 +63,7 @@ ROW_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "gbps": (_NUM, True),
     "tflops_fraction": (_NUM, True),
     "gbps_fraction": (_NUM, True),
+    "peak_mb": (_NUM, True),
     "device": (_STR, False),
     "timestamp": (_STR, False),
     "version": (_STR, False),
@@ -118,7 +120,8 @@ def upgrade(doc: dict) -> dict:
         return doc
     gpu = isinstance(doc.get("env"), dict) and doc["env"].get("device_type") == "cuda"
     method = "unsynchronised-events" if gpu else "synchronised"
-    rows = [{**row, "timing": "eager", "method": method if row.get("status") == "ok" else None, "detail": None}
+    rows = [{**row, "timing": "eager", "method": method if row.get("status") == "ok" else None, "detail": None,
+             "peak_mb": None}
             if isinstance(row, dict) else row for row in doc["rows"]]
     return {**doc, "schema": SCHEMA, "rows": rows}
 

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import torch
 
-from lstm_attn.bench import cases, model_step, schema
+from lstm_attn.bench import cases, model_step, scaling, schema
 from lstm_attn.bench.ceilings import measure_ceilings
 from lstm_attn.bench.env import device_slug, environment
 from lstm_attn.bench.group import run_group
 from lstm_attn.bench.report import Run, fmt_ms, merge, timing_sections
 from lstm_attn.bench.timing import Budget
 
-CASES = (cases.CASE, model_step.CASE)
+CASES = (cases.CASE, model_step.CASE, scaling.CASE)
 ELEMENTS = 2**25  # B*T*H per tensor of the GPU sweep: about 32M, where an H200 is busy with kernels, not the host
 
 # Defaults per device type. On a GPU every (T, H) gets B = ELEMENTS / (T * H): the same bytes per call at every
@@ -71,6 +71,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         f"H {model_step.HIDDEN}, {model_step.LAYERS} layers (default: cuda 256x256,256x1024; "
                         "cpu 32x256)")
     parser.add_argument("--model-dtypes", help=f"{lists}, from {', '.join(model_step.DTYPES)}")
+    parser.add_argument("--scaling-T", default="256,16384", help=f"{scaling.CASE}: the first and the largest T, "
+                        "doubling in between (default: %(default)s)")
+    parser.add_argument("--scaling-shape", default=f"{scaling.BATCH}x{scaling.HIDDEN}", help=f"{scaling.CASE}: BxH, "
+                        f"input {scaling.INPUT_SIZE}, {scaling.LAYERS} layers (default: %(default)s)")
+    parser.add_argument("--time-cap", type=float, default=60.0, help=f"{scaling.CASE}: seconds one step may take "
+                        "before a provider stops growing T (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="a short sweep, under a minute on CPU: T 256, H 128, model shapes "
                         "16x128 (cuda: 64x256)")
     parser.add_argument("--out", default=".", help="result file (*.json), or a folder for <device>-<date>.json "
@@ -94,6 +100,9 @@ class Config:
     host_shape: tuple[int, int, int] | None
     model_shapes: list[tuple[int, int]]
     model_dtypes: list[str]
+    scaling_Ts: list[int]
+    scaling_shape: tuple[int, int]  # (B, H)
+    time_cap: float
     budget: Budget
     out: Path
     quick: bool
@@ -178,6 +187,19 @@ def sequence_lengths(tokens: int, T_text: str) -> list[int]:
     return Ts
 
 
+def _scaling_lengths(text: str) -> list[int]:
+    bounds = positive_ints(text, "--scaling-T")
+    if len(bounds) != 2:
+        raise ValueError(f"--scaling-T takes the first and the largest T, such as 256,16384; got {text!r}")
+    return scaling.lengths(*bounds)
+
+
+def _positive(seconds: float) -> float:
+    if not seconds > 0:
+        raise ValueError(f"--time-cap must be positive seconds, got {seconds}")
+    return seconds
+
+
 def check_limits(time_budget: float | None, threads: int | None) -> None:
     if time_budget is not None and time_budget <= 0:
         raise ValueError(f"--time-budget must be positive seconds, got {time_budget}")
@@ -214,6 +236,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         timings=timings, host_shape=_host_shape(spec["host_shape"]),
         model_shapes=_model_shapes(spec["model_shapes"]),
         model_dtypes=names_in(spec["model_dtypes"], "--model-dtypes", model_step.DTYPES),
+        scaling_Ts=_scaling_lengths(args.scaling_T),
+        scaling_shape=_dims(args.scaling_shape, "--scaling-shape", "16x64"), time_cap=_positive(args.time_cap),
         budget=BUDGETS["quick" if args.quick else kind], out=Path(args.out), quick=args.quick,
         time_budget=args.time_budget, threads=args.threads, seed=args.seed,
     )
@@ -284,7 +308,7 @@ def run(args: argparse.Namespace) -> int:
           f"lstm_attn {env['version']} at {env['git_commit']}", flush=True)
     for name, status in env["backends"].items():
         print(f"  backend {name}: {status}", flush=True)
-    labels = set()
+    labels = {"float32"} if scaling.CASE in cfg.cases else set()
     if cases.CASE in cfg.cases:
         labels |= set(cfg.dtypes)
     if model_step.CASE in cfg.cases:
@@ -295,6 +319,8 @@ def run(args: argparse.Namespace) -> int:
 
     specs = _group_specs(cfg)
     total = sum(n for _, n, _ in specs)
+    if scaling.CASE in cfg.cases:
+        total += len(scaling.providers(cfg.device)) * len(cfg.scaling_Ts)
     doc = {
         "schema": schema.SCHEMA, "env": env, "ceilings": ceilings,
         "models": {cases.CASE: cases.op_work.__doc__.strip(), model_step.CASE: model_step.model_work.__doc__.strip()},
@@ -325,6 +351,14 @@ def run(args: argparse.Namespace) -> int:
         schema.dump(doc, path)
         if cfg.device.type == "cuda":
             torch.cuda.empty_cache()  # the next shape's inputs get the whole device
+    if scaling.CASE in cfg.cases:
+        if cfg.time_budget is not None and time.perf_counter() - started > cfg.time_budget:
+            doc["config"]["not_run"].append(f"{scaling.CASE}: every point")
+        else:
+            B, H = cfg.scaling_shape
+            doc["rows"].extend(scaling.scaling_rows(cfg.device, cfg.scaling_Ts, H=H, B=B, time_cap=cfg.time_cap,
+                                                    progress=progress, stamp=stamp))
+            doc["models"][scaling.CASE] = scaling.__doc__.strip()
     schema.dump(doc, path)
     if doc["config"]["not_run"]:
         print(f"not run (time budget of {cfg.time_budget} s spent, or set-up failed): "
