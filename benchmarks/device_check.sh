@@ -9,6 +9,7 @@
 #
 # Writes into OUT (ncu.log with NCU=1): device_check.log, kernels.md and kernels-<gpu>-<date>.json (static
 # resources), pytest-gpu.log, sanitizer.log, bench-<gpu>-<date>.json, model-<gpu>-<date>.json,
+# scaling-<gpu>-<date>.json (model_scaling: time and peak memory against T),
 # profile-<gpu>-<date>.json (host/device split and heaviest kernels per call), summary-<gpu>-<date>.md and its
 # per-device -speedup.png and -tflops.png.
 # Every step runs under `timeout`; a step that fails or runs out of time is reported and the next one runs.
@@ -160,8 +161,8 @@ fi
 torch.version.cuda)"
 "$PY" -c "import triton; print('triton', triton.__version__)" 2>/dev/null || echo "triton: not importable"
 
-# Each step keeps back seconds for the steps after it: the benchmarks (sweep, model baselines, profile and report,
-# 220 s;
+# Each step keeps back seconds for the steps after it: the benchmarks (sweep, model baselines, model scaling,
+# profile and report, 220 s;
 # none with CHECKS_ONLY=1) and the GPU tests (100 s). When time runs short the sanitizers are cut first.
 BENCH_RESERVE=$([ "${CHECKS_ONLY:-0}" = 1 ] && echo 0 || echo 220)
 TEST_RESERVE=100
@@ -176,6 +177,7 @@ DATE=$(date -u +%Y-%m-%d)
 BENCH_JSON="$OUT/bench-$SLUG-$DATE.json"
 MODEL_JSON="$OUT/model-$SLUG-$DATE.json"
 PROFILE_JSON="$OUT/profile-$SLUG-$DATE.json"
+SCALING_JSON="$OUT/scaling-$SLUG-$DATE.json"
 STEM="summary-$SLUG-$DATE"
 # Registers, shared memory, spills and blocks per SM of every CUDA kernel of this build (from the binary).
 [ $HAS_GPU = 1 ] && step "kernel resources" 60 "$BENCH_RESERVE" kernels.md "$PY" -m lstm_attn.cli kernels \
@@ -199,12 +201,17 @@ if [ $HAS_GPU = 1 ]; then
     # (it also rewrites the file after every group, so a kill loses one group at most).
     [ "${CHECKS_ONLY:-0}" = 1 ] && RESULTS+=("sweep, model baselines and profile: not run (CHECKS_ONLY=1)")
     [ "${CHECKS_ONLY:-0}" = 1 ] || {
-    limit=$(limit_for 200 100)
-    step "sweep" 200 100 - "$PY" -m lstm_attn.cli bench --device cuda --out "$BENCH_JSON" \
+    limit=$(limit_for 170 130)
+    step "sweep" 170 130 - "$PY" -m lstm_attn.cli bench --device cuda --out "$BENCH_JSON" \
         --time-budget $((limit > 50 ? limit - 35 : 15))
-    limit=$(limit_for 80 55)
-    step "model baselines" 80 55 - "$PY" -m lstm_attn.cli bench --device cuda --cases model_step \
+    limit=$(limit_for 70 85)
+    step "model baselines" 70 85 - "$PY" -m lstm_attn.cli bench --device cuda --cases model_step \
         --out "$MODEL_JSON" --time-budget $((limit > 35 ? limit - 20 : 15))
+    # Time and peak memory of a training step against T, seed beside ours (each point checked first); the
+    # time cap stops a provider growing T when one step would outlast the budget.
+    limit=$(limit_for 60 25)
+    step "model scaling" 60 25 - "$PY" -m lstm_attn.cli bench --device cuda --cases model_scaling \
+        --out "$SCALING_JSON" --time-cap 5 --time-budget $((limit > 30 ? limit - 20 : 10))
     # Where the time of the sweep's calls goes (host or device, which kernels): the smallest and largest H.
     limit=$(limit_for 45 25)
     step "profile" 45 25 - "$PY" -m lstm_attn.cli profile --device cuda --T 256,1024 --H 64,512 --iters 10 \
@@ -221,7 +228,7 @@ else
 fi
 
 JSONS=()
-for f in "$BENCH_JSON" "$MODEL_JSON" "$PROFILE_JSON"; do [ -f "$f" ] && JSONS+=("$f"); done
+for f in "$BENCH_JSON" "$MODEL_JSON" "$SCALING_JSON" "$PROFILE_JSON"; do [ -f "$f" ] && JSONS+=("$f"); done
 if ((${#JSONS[@]})); then
     step "report" 30 0 - "$PY" -m lstm_attn.cli report "${JSONS[@]}" --out "$OUT" --stem "$STEM" --quiet
 elif [ "${CHECKS_ONLY:-0}" = 1 ]; then
