@@ -10,8 +10,9 @@ the reason the "triton" backend is unavailable). Set TRITON_INTERPRET=1 before t
 on CPU tensors in Triton's interpreter.
 """
 
+from ._common import check_launch
 from .attention_layernorm import AttentionLayerNormFunction, attention_layernorm_bwd, attention_layernorm_fwd
 from .softmax_pool import SoftmaxPoolFunction, softmax_pool_bwd, softmax_pool_fwd
 
 __all__ = ["AttentionLayerNormFunction", "SoftmaxPoolFunction", "attention_layernorm_bwd", "attention_layernorm_fwd",
-           "softmax_pool_bwd", "softmax_pool_fwd"]
+           "check_launch", "softmax_pool_bwd", "softmax_pool_fwd"]

@@ -27,6 +27,8 @@ HEAD_DIM_BLOCKS = (16, 32, 64, 128, 256, 512)
 
 
 def _power_of_two_at_least(n, lowest: int, highest: int) -> int:
+    if type(n) is int:  # eager calls: one step instead of the loop below, which symbolic sizes need
+        return min(highest, max(lowest, 1 << (n - 1).bit_length()))
     block = lowest
     while block < n and block < highest:
         block *= 2
@@ -34,8 +36,9 @@ def _power_of_two_at_least(n, lowest: int, highest: int) -> int:
 
 
 def check_launch(op: str, dtype: torch.dtype, **sizes) -> None:
-    """The checks a direct call of a torch.ops.lstm_attn.triton_* op needs before any launch (the public functions
-    have checked the rest): a dtype the kernels implement and sizes they can tile."""
+    """The checks a direct call of a torch.ops.lstm_attn.triton_* op needs before any launch (the public functions,
+    the only way to the eager autograd.Functions, have checked all this and more): a dtype the kernels implement and
+    sizes they can tile."""
     if dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"{op}: the Triton kernels support {', '.join(map(str, SUPPORTED_DTYPES))}, not {dtype}")
     for name, size in sizes.items():
@@ -67,25 +70,25 @@ def alignment(*tensors) -> int:
     """Which of the tensors start on a 16-byte boundary, as bits: Triton specializes each pointer argument on it,
     so a launch plan's key must hold it."""
     bits = 0
-    for i, t in enumerate(tensors):
-        if t.data_ptr() % 16 == 0:
-            bits |= 1 << i
+    for t in tensors:
+        bits = bits << 1 | (t.data_ptr() % 16 == 0)
     return bits
 
 
-def launch_key(q, k, tensors, tf32: bool) -> tuple:
-    """A launch plan's key (see _launch.py) for a launch on q (B, Tq, H) and k (B, Tk, H) whose pointer arguments
-    from outside (the rest are fresh allocations, always aligned) are `tensors`."""
-    B, Tq, H = q.shape
-    return q.device, q.dtype, B, Tq, k.shape[1], H, tf32, alignment(*tensors)
+def launch_key(q, k, tensors) -> tuple:
+    """A launch plan's key (see _launch.py) for launches on q (B, Tq, H) and k (B, Tk, H) whose pointer arguments
+    from outside (the rest are fresh allocations, always aligned) are `tensors`: the device, dtype, sizes, TF32
+    flag (float32 only) and alignment."""
+    tf32 = q.dtype == torch.float32 and tf32_allowed()
+    return q.device, q.dtype, *q.shape, k.shape[1], tf32, alignment(*tensors)
 
 
-def dot_precision(dtype: torch.dtype, tf32: bool) -> str:
+def dot_precision(dtype: torch.dtype) -> str:
     """How float32 products use the Tensor Cores: as TF32 when torch lets its own float32 matmuls do so, else as
     three TF32 products (a = a_hi + a_lo; a_hi b_hi + a_hi b_lo + a_lo b_hi), accurate to about 1e-6 relative.
     Triton's exact "ieee" product runs on FMA units holding whole operand rows per thread: ptxas (sm_90) spills
     kilobytes per thread for it from H = 64 on, so it is not offered. 16-bit inputs ignore the setting."""
-    if dtype == torch.float32 and not tf32:
+    if dtype == torch.float32 and not tf32_allowed():
         return "tf32x3"
     return "tf32"
 

@@ -32,8 +32,7 @@ import triton
 import triton.language as tl
 
 from . import attention_layernorm_matmul as matmul_plan
-from ._common import (autotuners, check_launch, dot_precision, head_dim_block, launch_key, mma, seq_bucket,
-                      tf32_allowed, to_dtype)
+from ._common import autotuners, dot_precision, head_dim_block, launch_key, mma, seq_bucket, to_dtype
 from ._launch import Launcher
 from .layernorm import layernorm_bwd, reduce_launch, reduce_partials
 
@@ -318,25 +317,23 @@ _FWD = Launcher(autotuners(_attention_layernorm_fwd_kernel, _FWD_TABLE, _INTERPR
 _BWD = Launcher(autotuners(_attention_bwd_kernel, _BWD_TABLE, _INTERPRETER_BWD, _KEY, "attention_bwd"))
 
 
-def _attention_meta(dtype, H, tf32: bool) -> tuple[tuple, dict]:
-    """What the attention kernels share: the launch class (head-dim block, float32 or not) and the constexprs
-    that follow from the head dim and dtype."""
+def _attention_spec(q, H, grid, **extra):
+    """The launch class (head-dim block, float32 or not), grid and constexprs of an attention kernel."""
     block_h = head_dim_block(H)
-    wide = dtype == torch.float32
+    wide = q.dtype == torch.float32
     # Score products stream their operands unless a whole-row tile is cheap to hold (see the module docstring).
     resident = block_h <= _QK_CHUNK or (not wide and H % 16 == 0)
-    return (block_h, wide), dict(BLOCK_H=block_h, QK_CHUNK=block_h if resident else _QK_CHUNK,
-                                 INPUT_PRECISION=dot_precision(dtype, tf32))
+    return (block_h, wide), grid, dict(BLOCK_H=block_h, QK_CHUNK=block_h if resident else _QK_CHUNK,
+                                       INPUT_PRECISION=dot_precision(q.dtype), **extra)
 
 
 def attention_layernorm_fwd(q, k, v, residual, weight, bias, eps: float, scale: float, traced: bool = False):
     """-> out, attn (B, Tq, H) in the input dtype; stats (3, B, Tq) float32: lse, mean, rstd.
 
-    Inputs must be contiguous. traced=True launches through wrap_triton (inside the triton_op bodies that
-    torch.compile and export trace); otherwise through the launch plans."""
+    Inputs must be contiguous and of a size and dtype the kernels take (check_launch). traced=True launches through
+    wrap_triton (inside the triton_op bodies that torch.compile and export trace); otherwise through the plans."""
     B, Tq, H = q.shape
     Tk = k.shape[1]
-    check_launch("attention_layernorm", q.dtype, Tq=Tq, Tk=Tk, H=H)
     if plan_for(H, Tq) == "matmul":
         return matmul_plan.attention_layernorm_fwd(q, k, v, residual, weight, bias, eps, scale, traced)
     out = torch.empty_like(q)
@@ -344,31 +341,28 @@ def attention_layernorm_fwd(q, k, v, residual, weight, bias, eps: float, scale: 
     stats = torch.empty((3, B, Tq), dtype=torch.float32, device=q.device)
     if B == 0:
         return out, attn, stats
-    inputs = (q, k, v, residual, weight, bias)
-    tf32 = tf32_allowed()
+    args = (q, k, v, residual, weight, bias, out, attn, stats, B, Tq, Tk, H, scale, eps, seq_bucket(Tq), seq_bucket(Tk))
 
     def spec():
-        launch_class, meta = _attention_meta(q.dtype, H, tf32)
-        grid = lambda cfg: (triton.cdiv(Tq, cfg["BLOCK_M"]) * B,)  # noqa: E731
-        return launch_class, grid, meta
+        return _attention_spec(q, H, lambda cfg: (triton.cdiv(Tq, cfg["BLOCK_M"]) * B,))
 
-    args = (*inputs, out, attn, stats, B, Tq, Tk, H, scale, eps, seq_bucket(Tq), seq_bucket(Tk))
     if traced:
         _FWD.traced(args, spec)
     else:
-        _FWD(launch_key(q, k, inputs, tf32), args, spec)
+        _FWD(launch_key(q, k, (q, k, v, residual, weight, bias)), args, spec)
     return out, attn, stats
 
 
 def attention_layernorm_bwd(grad_out, q, k, v, residual, weight, attn, stats, scale: float, traced: bool = False):
     """-> grad_q, grad_k, grad_v, grad_residual (input shapes and dtype), grad_weight, grad_bias (H,).
 
-    Inputs must be contiguous; traced as in attention_layernorm_fwd."""
+    Inputs as in attention_layernorm_fwd."""
     B, Tq, H = q.shape
     Tk = k.shape[1]
-    check_launch("attention_layernorm", q.dtype, Tq=Tq, Tk=Tk, H=H)
+    # One key for the backward's launches: grad_out comes from outside too.
+    key = None if traced else launch_key(q, k, (grad_out, q, k, v, residual, weight))
     if plan_for(H, Tq) == "matmul":
-        return matmul_plan.attention_layernorm_bwd(grad_out, q, k, v, residual, weight, attn, stats, scale, traced)
+        return matmul_plan.attention_layernorm_bwd(grad_out, q, k, v, residual, weight, attn, stats, scale, key)
     grad_q = torch.empty_like(q)
     grad_k = torch.empty_like(k)
     grad_v = torch.empty_like(v)
@@ -376,23 +370,22 @@ def attention_layernorm_bwd(grad_out, q, k, v, residual, weight, attn, stats, sc
     grad_bias = torch.empty_like(weight)
     if B == 0:
         return grad_q, grad_k, grad_v, torch.empty_like(residual), grad_weight.zero_(), grad_bias.zero_()
-    grad_residual, workspace, num_partials = layernorm_bwd(grad_out, attn, residual, weight, stats, traced)
-    tf32 = tf32_allowed()
-    red_rows, red_cols = reduce_launch(head_dim_block(H))
-
-    def spec():
-        launch_class, meta = _attention_meta(q.dtype, H, tf32)
-        grid = lambda cfg: (triton.cdiv(H, red_cols) + B * max(triton.cdiv(Tk, cfg["BLOCK_N1"]),  # noqa: E731
-                                                               triton.cdiv(Tq, cfg["BLOCK_M2"])),)
-        return launch_class, grid, dict(meta, RED_ROWS=red_rows, RED_COLS=red_cols)
-
+    grad_residual, workspace, num_partials = layernorm_bwd(grad_out, attn, residual, weight, stats, key)
     # grad_residual is dO: LayerNorm's input gradient is the attention output's gradient.
     args = (q, k, v, grad_residual, stats, workspace, grad_q, grad_k, grad_v, grad_weight, grad_bias,
             B, Tq, Tk, H, scale, num_partials, seq_bucket(Tq), seq_bucket(Tk))
-    if traced:
+
+    def spec():
+        red_rows, red_cols = reduce_launch(head_dim_block(H))
+        # The partials' programs first (see the kernel), then the attention programs of every batch row.
+        grid = lambda cfg: (triton.cdiv(H, red_cols) + B * max(triton.cdiv(Tk, cfg["BLOCK_N1"]),  # noqa: E731
+                                                               triton.cdiv(Tq, cfg["BLOCK_M2"])),)
+        return _attention_spec(q, H, grid, RED_ROWS=red_rows, RED_COLS=red_cols)
+
+    if key is None:
         _BWD.traced(args, spec)
     else:
-        _BWD(launch_key(q, k, (q, k, v), tf32), args, spec)
+        _BWD(key, args, spec)
     return grad_q, grad_k, grad_v, grad_residual, grad_weight, grad_bias
 
 

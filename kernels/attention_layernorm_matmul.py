@@ -97,11 +97,12 @@ _SOFTMAX_BWD = Launcher({None: _softmax_bwd_kernel})
 _LAYERNORM_FWD = Launcher({None: _layernorm_fwd_kernel})
 
 
-def _launch(launcher: Launcher, key, args: tuple, grid: tuple, meta: dict, traced: bool) -> None:
+def _launch(launcher: Launcher, key, args: tuple, grid: tuple, meta: dict) -> None:
+    """key: the launch plan key, None to launch traced."""
     def spec():
         return None, grid, meta
 
-    if traced:
+    if key is None:
         launcher.traced(args, spec)
     else:
         launcher(key, args, spec)
@@ -112,8 +113,7 @@ def attention_layernorm_fwd(q, k, v, residual, weight, bias, eps: float, scale: 
     B, Tq, H = q.shape
     Tk = k.shape[1]
     rows = B * Tq
-    # No TF32 flag in the keys: these kernels take no products (torch's GEMMs read the flag themselves).
-    key = None if traced else launch_key(q, k, (q, k, v, residual, weight, bias), False)
+    key = None if traced else launch_key(q, k, (q, k, v, residual, weight, bias))
     p = torch.bmm(q, k.transpose(1, 2))
     stats = torch.empty((3, B, Tq), dtype=torch.float32, device=q.device)
     out = torch.empty_like(q)
@@ -121,18 +121,18 @@ def attention_layernorm_fwd(q, k, v, residual, weight, bias, eps: float, scale: 
         return out, torch.empty_like(q), stats
     block_r, block_t = _row_launch(Tk)
     _launch(_SOFTMAX_FWD, key, (p, stats, rows, Tk, scale), (triton.cdiv(rows, block_r),),
-            dict(BLOCK_R=block_r, BLOCK_T=block_t), traced)
+            dict(BLOCK_R=block_r, BLOCK_T=block_t))
     attn = torch.bmm(p, v)
     block_h = head_dim_block(H)
     rows_per_program, num_warps = layernorm_launch(block_h)
     _launch(_LAYERNORM_FWD, key, (attn, residual, weight, bias, out, stats, rows, H, eps),
             (triton.cdiv(rows, rows_per_program),), dict(BLOCK_R=rows_per_program, BLOCK_H=block_h,
-                                                         num_warps=num_warps), traced)
+                                                         num_warps=num_warps))
     return out, attn, stats
 
 
-def attention_layernorm_bwd(grad_out, q, k, v, residual, weight, attn, stats, scale: float, traced: bool):
-    """As attention_layernorm.attention_layernorm_bwd, by GEMMs."""
+def attention_layernorm_bwd(grad_out, q, k, v, residual, weight, attn, stats, scale: float, key):
+    """As attention_layernorm.attention_layernorm_bwd, by GEMMs; key: its launch plan key, None to launch traced."""
     B, Tq, H = q.shape
     Tk = k.shape[1]
     grad_weight = torch.empty_like(weight)
@@ -140,17 +140,16 @@ def attention_layernorm_bwd(grad_out, q, k, v, residual, weight, attn, stats, sc
     if B == 0:
         return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(residual),
                 grad_weight.zero_(), grad_bias.zero_())
-    grad_residual, workspace, num_partials = layernorm_bwd(grad_out, attn, residual, weight, stats, traced)
+    grad_residual, workspace, num_partials = layernorm_bwd(grad_out, attn, residual, weight, stats, key)
     # grad_residual is dO (see the flash plan).
     p = torch.bmm(q, k.transpose(1, 2))
     ds = torch.bmm(grad_residual, v.transpose(1, 2))
     block_r, block_t = _row_launch(Tk)
     red_rows, red_cols = reduce_launch(head_dim_block(H))
-    key = None if traced else launch_key(q, k, (q, k, v), False)
     _launch(_SOFTMAX_BWD, key,
             (p, ds, stats, workspace, grad_weight, grad_bias, B * Tq, Tk, H, scale, num_partials),
             (triton.cdiv(H, red_cols) + triton.cdiv(B * Tq, block_r),),
-            dict(BLOCK_R=block_r, BLOCK_T=block_t, RED_ROWS=red_rows, RED_COLS=red_cols), traced)
+            dict(BLOCK_R=block_r, BLOCK_T=block_t, RED_ROWS=red_rows, RED_COLS=red_cols))
     grad_v = torch.bmm(p.transpose(1, 2), grad_residual)
     grad_q = torch.bmm(ds, k)
     grad_k = torch.bmm(ds.transpose(1, 2), q)

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, alignment, head_dim_block, to_dtype
+from ._common import INTERPRET, head_dim_block, to_dtype
 from ._launch import Launcher
 
 
@@ -124,9 +124,9 @@ def reduce_partials(WORKSPACE, num_partials, H, GRAD_WEIGHT, GRAD_BIAS, col_bloc
 _LAYERNORM_BWD = Launcher({None: _layernorm_bwd_kernel})
 
 
-def layernorm_bwd(grad_out, attn, residual, weight, stats, traced: bool) -> tuple:
-    """The first backward launch of both plans -> grad_residual (= dO), workspace (partials, then delta), and the
-    number of partial rows."""
+def layernorm_bwd(grad_out, attn, residual, weight, stats, key) -> tuple:
+    """The first backward launch of both attention plans -> grad_residual (= dO), workspace (partials, then delta),
+    and the number of partial rows. key: the backward's launch plan key, None to launch traced."""
     B, Tq, H = attn.shape
     grad_residual = torch.empty_like(residual)
     block_h = head_dim_block(H)
@@ -138,8 +138,8 @@ def layernorm_bwd(grad_out, attn, residual, weight, stats, traced: bool) -> tupl
     def spec():
         return None, (num_partials,), dict(BLOCK_R=rows_per_program, BLOCK_H=block_h, num_warps=num_warps)
 
-    if traced:
+    if key is None:
         _LAYERNORM_BWD.traced(args, spec)
     else:
-        _LAYERNORM_BWD((attn.device, attn.dtype, B * Tq, H, alignment(grad_out, attn, residual, weight)), args, spec)
+        _LAYERNORM_BWD(key, args, spec)
     return grad_residual, workspace, num_partials

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import HEAD_DIM_BLOCKS, alignment, autotuners, check_launch, head_dim_block, seq_bucket, to_dtype
+from ._common import HEAD_DIM_BLOCKS, alignment, autotuners, head_dim_block, seq_bucket, to_dtype
 from ._launch import Launcher
 
 
@@ -143,10 +143,10 @@ def _launch(launcher: Launcher, x, args: tuple, aligned: tuple, traced: bool) ->
 
 
 def softmax_pool_fwd(x, u, c, traced: bool = False):
-    """-> pooled (B, H) in the input dtype, lse (B,) float32. Inputs must be contiguous; traced=True launches
-    through wrap_triton (inside the triton_op bodies), otherwise through the launch plans."""
+    """-> pooled (B, H) in the input dtype, lse (B,) float32. Inputs must be contiguous and of a size and dtype the
+    kernels take (check_launch); traced=True launches through wrap_triton (inside the triton_op bodies), otherwise
+    through the launch plans."""
     B, T, H = x.shape
-    check_launch("softmax_pool", x.dtype, T=T, H=H)
     pooled = torch.empty_like(u)
     lse = torch.empty(B, dtype=torch.float32, device=x.device)
     if B > 0:
@@ -157,7 +157,6 @@ def softmax_pool_fwd(x, u, c, traced: bool = False):
 def softmax_pool_bwd(grad_pooled, x, u, c, pooled, lse, traced: bool = False):
     """-> grad_x (B, T, H), grad_u (B, H), grad_c (B,), in the input dtype. Inputs must be contiguous."""
     B, T, H = x.shape
-    check_launch("softmax_pool", x.dtype, T=T, H=H)
     grad_x = torch.empty_like(x)
     grad_u = torch.empty_like(u)
     grad_c = torch.empty_like(c)

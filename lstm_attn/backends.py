@@ -180,8 +180,22 @@ def check_backend_name(backend: str) -> None:
         raise ValueError(f"backend must be 'auto' or one of {', '.join(map(repr, BACKENDS))}; got {backend!r}")
 
 
+# resolve's answers by (backend, device, dtype, head_dim). Nothing a choice depends on changes in a running
+# process (what was built, the devices, KNOWN_FAILURES), and every eager op call asks: on the triton path the
+# uncached choice cost about a tenth of the call's host time.
+_RESOLVED: dict[tuple, Backend] = {}
+
+
 def resolve(backend: str, device, dtype: torch.dtype, head_dim: int) -> Backend:
     """The backend that will run for these inputs; a clear error if the one asked for cannot."""
+    key = (backend, device, dtype, head_dim)
+    chosen = _RESOLVED.get(key)
+    if chosen is None:
+        chosen = _RESOLVED[key] = _resolve(backend, device, dtype, head_dim)
+    return chosen
+
+
+def _resolve(backend: str, device, dtype: torch.dtype, head_dim: int) -> Backend:
     check_backend_name(backend)
     device = _as_device(device)
     if backend == "auto":

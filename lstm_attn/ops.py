@@ -112,9 +112,13 @@ if TRITON_ERROR is None:
     # traces its body (allocations plus wrap_triton launches, hence traced=True) for torch.compile and runs it
     # under fake tensors for shapes, so these need no separate fake rule. The Triton forward returns the row
     # statistics as one (3, B, Tq) buffer: lse, mean, rstd.
+    def _check_attention(q: Tensor, k: Tensor) -> None:
+        triton_kernels.check_launch("attention_layernorm", q.dtype, Tq=q.shape[1], Tk=k.shape[1], H=q.shape[2])
+
     @torch.library.triton_op("lstm_attn::triton_attention_layernorm_fwd", mutates_args=())
     def triton_attention_layernorm_fwd(q: Tensor, k: Tensor, v: Tensor, residual: Tensor, weight: Tensor,
                                        bias: Tensor, eps: float, scale: float) -> tuple[Tensor, Tensor, Tensor]:
+        _check_attention(q, k)
         return triton_kernels.attention_layernorm_fwd(*(t.contiguous() for t in (q, k, v, residual, weight, bias)),
                                                       eps, scale, traced=True)
 
@@ -122,16 +126,19 @@ if TRITON_ERROR is None:
     def triton_attention_layernorm_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, residual: Tensor,
                                        weight: Tensor, attn: Tensor, stats: Tensor, scale: float
                                        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        _check_attention(q, k)
         tensors = (grad_out, q, k, v, residual, weight, attn, stats)
         return triton_kernels.attention_layernorm_bwd(*(t.contiguous() for t in tensors), scale, traced=True)
 
     @torch.library.triton_op("lstm_attn::triton_softmax_pool_fwd", mutates_args=())
     def triton_softmax_pool_fwd(x: Tensor, u: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        triton_kernels.check_launch("softmax_pool", x.dtype, T=x.shape[1], H=x.shape[2])
         return triton_kernels.softmax_pool_fwd(x.contiguous(), u.contiguous(), c.contiguous(), traced=True)
 
     @torch.library.triton_op("lstm_attn::triton_softmax_pool_bwd", mutates_args=())
     def triton_softmax_pool_bwd(grad_pooled: Tensor, x: Tensor, u: Tensor, c: Tensor, pooled: Tensor,
                                 lse: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        triton_kernels.check_launch("softmax_pool", x.dtype, T=x.shape[1], H=x.shape[2])
         tensors = (grad_pooled, x, u, c, pooled, lse)
         return triton_kernels.softmax_pool_bwd(*(t.contiguous() for t in tensors), traced=True)
 
