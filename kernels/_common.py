@@ -48,6 +48,12 @@ def check_launch(op: str, dtype: torch.dtype, **sizes) -> None:
         raise ValueError(f"{op}: the Triton kernels support H <= {MAX_HEAD_DIM}, got H = {sizes['H']}")
 
 
+def cdiv(a, b):
+    """ceil(a / b) for sizes, plain or symbolic: triton.cdiv is a constexpr function (Triton 3.6 and 3.9), whose
+    call from host code costs microseconds of argument unwrapping."""
+    return (a + b - 1) // b
+
+
 def head_dim_block(H) -> int:
     """The power of two >= H that a row's tile spans (the columns past H are masked)."""
     return _power_of_two_at_least(H, HEAD_DIM_BLOCKS[0], MAX_HEAD_DIM)

@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 
 from . import attention_layernorm_matmul as matmul_plan
-from ._common import autotuners, dot_precision, head_dim_block, launch_key, mma, seq_bucket, to_dtype
+from ._common import autotuners, cdiv, dot_precision, head_dim_block, launch_key, mma, seq_bucket, to_dtype
 from ._launch import Launcher
 from .layernorm import layernorm_bwd, reduce_launch, reduce_partials
 
@@ -79,11 +79,13 @@ _FWD_TABLE = _table({
     ((512,), True): [(16, 16, 8, 2), (16, 32, 8, 2), (16, 16, 4, 2)],
 }, ("BLOCK_M", "BLOCK_N"))
 # Backward: (BLOCK_M1, BLOCK_N1) are the dK/dV phase's query and key tiles (BLOCK_N1 key rows own the two
-# accumulators, BLOCK_M1 query rows stream), (BLOCK_M2, BLOCK_N2) the dQ phase's. Each row joins the defaults of the
-# former separate dK/dV and dQ kernels (ptxas on sm_90 found them spill-free except for H > 256 in dK/dV and
-# float32 dQ with H not a multiple of 16, up to 72 bytes), with the dK/dV phase's warps where the two differed:
-# the phases run one after the other, so the fused kernel needs the larger phase's registers, not their sum.
-# The fused kernel itself has not been through ptxas or a GPU yet.
+# accumulators, BLOCK_M1 query rows stream), (BLOCK_M2, BLOCK_N2) the dQ phase's. Each row joins the tiles of the
+# former separate dK/dV and dQ kernels, with the dK/dV phase's warps where the two differed: the phases run one
+# after the other, so the fused kernel needs the larger phase's registers, not their sum. ptxas for sm_90 (Triton
+# 3.9's, run offline, no GPU) finds the defaults spill-free for 16-bit inputs at H = 64, 128, 256, 512 and float32
+# at H = 64, 128, 256 (for float32 at H = 128 only the second of the joined rows was, so it leads); they spill at
+# float32 H = 512 (368 bytes) and where H is not a multiple of 16 (H = 59: 24 bytes 16-bit, 60 float32; H = 200:
+# 128 and 140). Not yet run on a GPU.
 _BWD_TABLE = _table({
     ((16, 32, 64), False): [(64, 64, 64, 64, 4, 3), (64, 64, 128, 64, 8, 3), (64, 32, 64, 32, 4, 2)],
     ((128,), False): [(64, 32, 64, 64, 8, 2), (32, 64, 128, 64, 8, 2), (32, 32, 64, 32, 8, 2)],
@@ -91,7 +93,7 @@ _BWD_TABLE = _table({
     ((512,), False): [(16, 32, 16, 32, 8, 2), (16, 16, 32, 16, 8, 1), (32, 16, 16, 16, 8, 2)],
     ((16, 32), True): [(32, 64, 64, 32, 8, 2), (32, 64, 32, 32, 4, 2), (32, 32, 64, 64, 8, 2)],
     ((64,), True): [(32, 32, 64, 32, 8, 2), (32, 64, 32, 32, 4, 2), (32, 64, 64, 64, 8, 2)],
-    ((128,), True): [(16, 32, 32, 32, 8, 2), (32, 16, 64, 32, 8, 2), (16, 16, 32, 32, 8, 2)],
+    ((128,), True): [(32, 16, 64, 32, 8, 2), (16, 32, 32, 32, 8, 2), (16, 16, 32, 32, 8, 2)],
     ((256,), True): [(16, 16, 16, 16, 8, 2), (16, 16, 16, 32, 8, 1), (32, 16, 32, 16, 8, 1)],
     ((512,), True): [(16, 16, 16, 16, 8, 1), (32, 16, 16, 16, 8, 1)],
 }, ("BLOCK_M1", "BLOCK_N1", "BLOCK_M2", "BLOCK_N2"))
@@ -344,7 +346,7 @@ def attention_layernorm_fwd(q, k, v, residual, weight, bias, eps: float, scale: 
     args = (q, k, v, residual, weight, bias, out, attn, stats, B, Tq, Tk, H, scale, eps, seq_bucket(Tq), seq_bucket(Tk))
 
     def spec():
-        return _attention_spec(q, H, lambda cfg: (triton.cdiv(Tq, cfg["BLOCK_M"]) * B,))
+        return _attention_spec(q, H, lambda cfg: (cdiv(Tq, cfg["BLOCK_M"]) * B,))
 
     if traced:
         _FWD.traced(args, spec)
@@ -378,8 +380,8 @@ def attention_layernorm_bwd(grad_out, q, k, v, residual, weight, attn, stats, sc
     def spec():
         red_rows, red_cols = reduce_launch(head_dim_block(H))
         # The partials' programs first (see the kernel), then the attention programs of every batch row.
-        grid = lambda cfg: (triton.cdiv(H, red_cols) + B * max(triton.cdiv(Tk, cfg["BLOCK_N1"]),  # noqa: E731
-                                                               triton.cdiv(Tq, cfg["BLOCK_M2"])),)
+        grid = lambda cfg: (cdiv(H, red_cols) + B * max(cdiv(Tk, cfg["BLOCK_N1"]),  # noqa: E731
+                                                               cdiv(Tq, cfg["BLOCK_M2"])),)
         return _attention_spec(q, H, grid, RED_ROWS=red_rows, RED_COLS=red_cols)
 
     if key is None:

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, head_dim_block, launch_key, to_dtype
+from ._common import INTERPRET, cdiv, head_dim_block, launch_key, to_dtype
 from ._launch import Launcher
 from .layernorm import _layernorm_fwd_kernel, layernorm_bwd, layernorm_launch, reduce_launch, reduce_partials
 
@@ -120,13 +120,13 @@ def attention_layernorm_fwd(q, k, v, residual, weight, bias, eps: float, scale: 
     if B == 0:
         return out, torch.empty_like(q), stats
     block_r, block_t = _row_launch(Tk)
-    _launch(_SOFTMAX_FWD, key, (p, stats, rows, Tk, scale), (triton.cdiv(rows, block_r),),
+    _launch(_SOFTMAX_FWD, key, (p, stats, rows, Tk, scale), (cdiv(rows, block_r),),
             dict(BLOCK_R=block_r, BLOCK_T=block_t))
     attn = torch.bmm(p, v)
     block_h = head_dim_block(H)
     rows_per_program, num_warps = layernorm_launch(block_h)
     _launch(_LAYERNORM_FWD, key, (attn, residual, weight, bias, out, stats, rows, H, eps),
-            (triton.cdiv(rows, rows_per_program),), dict(BLOCK_R=rows_per_program, BLOCK_H=block_h,
+            (cdiv(rows, rows_per_program),), dict(BLOCK_R=rows_per_program, BLOCK_H=block_h,
                                                          num_warps=num_warps))
     return out, attn, stats
 
@@ -148,7 +148,7 @@ def attention_layernorm_bwd(grad_out, q, k, v, residual, weight, attn, stats, sc
     red_rows, red_cols = reduce_launch(head_dim_block(H))
     _launch(_SOFTMAX_BWD, key,
             (p, ds, stats, workspace, grad_weight, grad_bias, B * Tq, Tk, H, scale, num_partials),
-            (triton.cdiv(H, red_cols) + triton.cdiv(B * Tq, block_r),),
+            (cdiv(H, red_cols) + cdiv(B * Tq, block_r),),
             dict(BLOCK_R=block_r, BLOCK_T=block_t, RED_ROWS=red_rows, RED_COLS=red_cols))
     grad_v = torch.bmm(p.transpose(1, 2), grad_residual)
     grad_q = torch.bmm(ds, k)

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, head_dim_block, to_dtype
+from ._common import INTERPRET, cdiv, head_dim_block, to_dtype
 from ._launch import Launcher
 
 
@@ -131,7 +131,7 @@ def layernorm_bwd(grad_out, attn, residual, weight, stats, key) -> tuple:
     grad_residual = torch.empty_like(residual)
     block_h = head_dim_block(H)
     rows_per_program, num_warps = layernorm_launch(block_h)
-    num_partials = triton.cdiv(B * Tq, rows_per_program)
+    num_partials = cdiv(B * Tq, rows_per_program)
     workspace = torch.empty(2 * num_partials * H + B * Tq, dtype=torch.float32, device=attn.device)
     args = (grad_out, attn, residual, weight, stats, grad_residual, workspace, B * Tq, H)
 
