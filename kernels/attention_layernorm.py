@@ -47,6 +47,9 @@ PLAN_BY_HEAD_DIM = {16: "flash", 32: "flash", 64: "flash", 128: "flash", 256: "m
 MATMUL_MIN_TQ = 16
 # LSTM_ATTN_TRITON_PLAN=flash|matmul overrides the table, for measuring both plans on one GPU.
 PLAN_OVERRIDE = os.environ.get("LSTM_ATTN_TRITON_PLAN") or None
+if PLAN_OVERRIDE not in (None, "flash", "matmul"):
+    raise ValueError(f"LSTM_ATTN_TRITON_PLAN must be 'flash' or 'matmul' (or unset for the table), "
+                     f"got {PLAN_OVERRIDE!r}")
 
 
 def plan_for(H, Tq) -> str:
