@@ -10,8 +10,11 @@ directly on the current stream.
 
 The plan uses Triton internals: the compiled kernel's `run`, `function` and `packed_metadata`, the argument order of
 its launcher, and the launch hooks in `triton.knobs.runtime`. They were read from Triton 3.6 and 3.9 and are the
-same in both; other versions, a missing attribute, and any launch hook (a profiler such as Proton) send every call
-down the generic path. So does Triton's interpreter, which never compiles a kernel: plan_for returns None there.
+same in both; other versions, a missing attribute, a JIT pre-run hook and any launch hook (a profiler such as
+Proton) send every call down the generic path. So does Triton's interpreter, which never compiles a kernel. What a
+plan skips besides: Triton's check that the globals a kernel read at compile time still hold their values (this
+package's kernels read only constants) and re-reading compile options such as TRITON_DEBUG (set before the first
+call, as Triton reads it at import).
 """
 
 from __future__ import annotations
@@ -61,7 +64,8 @@ PLANS_OFF_REASON = plans_supported()
 
 def launch_hooks_set() -> bool:
     """A profiler or tool has registered a launch hook: it must see every launch, so the generic path runs."""
-    return any(h.calls for h in _HOOKS)
+    enter, exit_ = _HOOKS
+    return bool(enter.calls or exit_.calls)
 
 
 def _jit_function(kernel):
