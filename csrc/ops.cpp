@@ -4,6 +4,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "cpu/tiles.h"
+
 extern "C" {
 // `import lstm_attn._C` loads this library, which runs the TORCH_LIBRARY registrations; the module itself
 // exports nothing.
@@ -29,4 +31,7 @@ TORCH_LIBRARY(lstm_attn, m) {
   m.def(
       "softmax_pool_bwd(Tensor grad_pooled, Tensor x, Tensor u, Tensor c, Tensor pooled, Tensor lse) -> "
       "(Tensor grad_x, Tensor grad_u, Tensor grad_c)");
+  // The CPU kernels' tile sizes [query block, backward query block, key tile, min backward tasks], for tests
+  // that must reach every tile boundary.
+  m.def("cpu_attention_tiles() -> int[]", &lstm_attn::cpu::attention_tiles);
 }

@@ -21,6 +21,36 @@ def test_parity_with_reference(backend, device, shape, dtype):
                     grad_out, ATTENTION_LAYERNORM_NAMES)
 
 
+def _cpu_tile_shapes():
+    """(B, Tq, Tk) on, just past and beyond every tile of the CPU kernels, with the tile sizes they report: the
+    forward's query blocks, the backward's query blocks, the key tiles (the online softmax's rescale between them)
+    and the backward's key chunks (B below the task count splits a batch's keys, and sums dQ over them)."""
+    from lstm_attn import ops
+
+    if ops.EXTENSION_ERROR:
+        return [(1, 1, 1)]  # the test fails in require_backend, naming the reason
+    q_block, bwd_q_block, key_tile, min_tasks = torch.ops.lstm_attn.cpu_attention_tiles()
+    Tqs = sorted({1, q_block, q_block + 1, bwd_q_block + 1, 2 * bwd_q_block + 44})
+    Tks = [key_tile, key_tile + 1, 2 * key_tile + 88]
+    shapes = [(B, Tq, Tk) for B in (1, 3) for Tq in Tqs for Tk in Tks]
+    # As many batches as backward tasks: the keys stay in one chunk, over several tiles.
+    return shapes + [(min_tasks, 5, 2 * key_tile + 1)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", _cpu_tile_shapes(), ids=lambda s: "B{}-Tq{}-Tk{}".format(*s))
+def test_cpu_parity_at_every_tile_boundary(shape, dtype):
+    require_backend("cpu", "cpu")
+    B, Tq, Tk = shape
+    H = 24
+    inputs = attention_layernorm_inputs(B, Tq, Tk, H, dtype, "cpu")
+    grad_out = torch.randn(B, Tq, H, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    scale, eps = (0.31, 1e-3) if Tq % 2 else (None, 1e-5)  # an explicit scale and eps on half the shapes
+    check_op_parity(partial(lstm_attn.attention_layernorm, backend="cpu", scale=scale, eps=eps),
+                    partial(reference_attention_layernorm, scale=scale, eps=eps), inputs, grad_out,
+                    ATTENTION_LAYERNORM_NAMES)
+
+
 @pytest.mark.parametrize("backend, device", fast_backend_params())
 def test_explicit_scale_and_eps(backend, device):
     require_backend(backend, device)
