@@ -39,6 +39,7 @@ class Mutation:
 
 CPU_TESTS = ("tests/test_attention_layernorm.py", "tests/test_host.py", "tests/test_modules.py", "-k", "cpu")
 POOL_TESTS = ("tests/test_softmax_pool.py", "tests/test_modules.py", "-k", "cpu")
+TRITON_TESTS = ("tests/test_attention_layernorm.py", "tests/test_triton_host_path.py", "-k", "triton")
 MUTATIONS = (
     Mutation("cpu-tile-rescale", "the online softmax forgets to rescale the running output between key tiles",
              "csrc/cpu/attention_layernorm.cpp", "    if (j0 > 0) scale_rows(o, m, H, rescale);\n", "", CPU_TESTS),
@@ -57,6 +58,12 @@ MUTATIONS = (
     Mutation("cpu-pool-delta", "softmax_pool's backward forgets delta",
              "csrc/cpu/softmax_pool.cpp", "const acc_t ds = p[t] * (gx[t] - delta);", "const acc_t ds = p[t] * gx[t];",
              POOL_TESTS),
+    Mutation("triton-fwd-scale", "the Triton forward ignores the softmax scale it is given",
+             "kernels/attention_layernorm.py", "s = tl.where(n_mask[None, :], s * scale, float(\"-inf\"))",
+             "s = tl.where(n_mask[None, :], s, float(\"-inf\"))", TRITON_TESTS),
+    Mutation("triton-ln-bwd-mean", "the Triton LayerNorm backward drops the mean of g",
+             "kernels/layernorm.py", "(g - xhat * mean_gx[:, None] - mean_g[:, None]) * rstd[:, None]",
+             "(g - xhat * mean_gx[:, None]) * rstd[:, None]", TRITON_TESTS),
     Mutation("model-key-bias", "the last-step path drops the key bias's score term (and with it its gradient)",
              "lstm_attn/modules.py", "c = self.scale * (q * self.key.bias).sum(-1)", "c = torch.zeros_like(q[:, 0])",
              ("tests/test_modules.py", "tests/test_ddp.py", "-k", "reference-cpu or ddp or key_bias")),

@@ -51,6 +51,38 @@ def test_cpu_parity_at_every_tile_boundary(shape, dtype):
                     ATTENTION_LAYERNORM_NAMES)
 
 
+def _triton_tile_shapes():
+    """(Tq, Tk) on and just past every block size the Triton kernels use (their one config in the interpreter,
+    every config of their tables on a GPU), each beside Tq = 1, plus a length several tiles long."""
+    from lstm_attn import ops
+
+    if ops.TRITON_ERROR:
+        return [(1, 1)]  # the test fails in require_backend, naming the reason
+    from lstm_attn.kernels import attention_layernorm as tk
+
+    if lstm_attn.backends.triton_interpreting():
+        configs = [tk._INTERPRETER_FWD, tk._INTERPRETER_BWD]
+    else:
+        configs = [c for table in (tk._FWD_TABLE, tk._BWD_TABLE) for cs in table.values() for c in cs]
+    tiles = {v for c in configs for k, v in c.kwargs.items() if k.startswith("BLOCK_") and k != "BLOCK_H"}
+    lengths = sorted({t + d for t in tiles for d in (0, 1)} | {2 * max(tiles) + 44})
+    return [(Tq, Tk) for Tk in lengths for Tq in (1, Tk)]
+
+
+@pytest.mark.parametrize("shape", _triton_tile_shapes(), ids=lambda s: "Tq{}-Tk{}".format(*s))
+@pytest.mark.parametrize("backend, device", [p for p in fast_backend_params() if p.values[0] == "triton"])
+def test_triton_parity_at_every_tile_boundary(backend, device, shape):
+    require_backend(backend, device)
+    Tq, Tk = shape
+    H = 24
+    inputs = attention_layernorm_inputs(1, Tq, Tk, H, torch.float32, device)
+    grad_out = torch.randn(1, Tq, H, dtype=torch.float64, generator=torch.Generator().manual_seed(2)).to(device)
+    scale, eps = (0.31, 1e-3) if Tk % 2 else (None, 1e-5)  # an explicit scale and eps on half the shapes
+    check_op_parity(partial(lstm_attn.attention_layernorm, backend=backend, scale=scale, eps=eps),
+                    partial(reference_attention_layernorm, scale=scale, eps=eps), inputs, grad_out,
+                    ATTENTION_LAYERNORM_NAMES)
+
+
 @pytest.mark.parametrize("backend, device", fast_backend_params())
 def test_explicit_scale_and_eps(backend, device):
     require_backend(backend, device)

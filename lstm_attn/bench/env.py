@@ -111,6 +111,8 @@ def environment(device: torch.device) -> dict:
             "triton_autotune": os.environ.get("LSTM_ATTN_TRITON_AUTOTUNE", "1") != "0",
             # The cuda rows' kernel plan: lstm_attn/plans.py's table, or the one LSTM_ATTN_CUDA_PLAN forces.
             "cuda_plan": plans.FORCED or "table",
+            # Which attention plan the Triton rows ran: the kernels' table, or one forced for comparing plans.
+            "triton_plan": os.environ.get("LSTM_ATTN_TRITON_PLAN") or "table",
             "allow_tf32": torch.backends.cuda.matmul.allow_tf32,
         })
     else:

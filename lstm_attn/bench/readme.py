@@ -9,7 +9,8 @@ A generated block in a markdown file:
 
 KIND is one of RENDERERS: `graph`, `eager` and `host` the sweep tables of that timing, `goals` the goals table,
 `profile` a profile's table, `kernels` a summary of a `lstm-attn kernels --json` file, `scaling` the
-model_scaling tables (time and peak memory against T). FILE paths are relative
+model_scaling tables (time and peak memory against T), `include` a committed markdown result as it is (less its
+title line). FILE paths are relative
 to the markdown file. `lstm-attn report --readme README.md` rewrites every block; with `--check` it only says
 which blocks are stale, and exits 1 if any is.
 """
@@ -67,9 +68,14 @@ def _kernels(paths: list[Path]) -> str:
     return report.markdown_table(["kernel", "arch", "instances", "registers", "blocks/SM ≤", "LDL/STL"], body)
 
 
+def _include(paths: list[Path]) -> str:
+    """A committed markdown result (benchmarks/host_cost.py's, say) as it is, less its title line."""
+    return "\n\n".join(re.sub(r"\A# [^\n]*\n+", "", p.read_text(encoding="utf-8")).strip() for p in paths)
+
+
 RENDERERS: dict[str, Callable[[list[Path]], str]] = {
     "graph": _sweep("graph"), "eager": _sweep("eager"), "host": _sweep("host"),
-    "goals": _goals, "profile": _profile, "kernels": _kernels, "scaling": _scaling,
+    "goals": _goals, "profile": _profile, "kernels": _kernels, "scaling": _scaling, "include": _include,
 }
 
 
