@@ -177,6 +177,8 @@ Plan stepwise_plan(const StepKernels& steps) { return {1, stepwise_forward(steps
 
 ForwardResult forward(const Plan& plan, const at::Tensor& x, at::TensorList weights, const at::Tensor& h0,
                       const at::Tensor& c0, const std::optional<at::Tensor>& dropout_mask, bool for_backward) {
+  // The ATen calls inside the op are its own arithmetic: autocast, if on, has already chosen the op's dtype.
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   return run_forward(x.contiguous(), contiguous(weights), h0.contiguous(), c0.contiguous(), contiguous(dropout_mask),
                      for_backward, plan.group, plan.forward);
 }
@@ -185,6 +187,7 @@ BackwardResult backward(const Plan& plan, const at::Tensor& grad_output, const a
                         const at::Tensor& grad_c_n, const at::Tensor& x, at::TensorList weights, const at::Tensor& h0,
                         const at::Tensor& c0, const std::optional<at::Tensor>& dropout_mask, const at::Tensor& hidden,
                         const at::Tensor& cell, const at::Tensor& gates) {
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);  // as in forward
   const ForwardState f = saved_forward(x.contiguous(), contiguous(weights), h0.contiguous(), c0.contiguous(),
                                        contiguous(dropout_mask), hidden.contiguous(), cell.contiguous(),
                                        gates.contiguous());
