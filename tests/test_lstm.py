@@ -13,6 +13,9 @@ from _backends import require_backend
 from lstm_attn import backends
 from lstm_attn.testing import assert_parity
 
+# Small shapes gain nothing from threads, and a busy machine's waiting OpenMP threads stall every small op.
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # (B, T, input_size, H, num_layers): T = 1, B = 1, H = 1, odd sizes, one to three layers. The GPU grid adds every
 # fused bucket (H 32 ... 256), their odd neighbours and H = 300, past the fused kernels (step by step).
 CPU_SHAPES = [(1, 1, 1, 1, 1), (3, 1, 3, 5, 2), (1, 9, 2, 16, 1), (2, 33, 3, 5, 3), (4, 20, 8, 32, 2)]
@@ -235,31 +238,30 @@ def test_auto_keeps_pytorchs_lstm_until_the_fused_kernels_are_measured():
         backends.resolve("triton", "cpu", torch.float32, 128, op="lstm")
     # The model keeps its nn.LSTM unless the backend has fused LSTM kernels (cuda).
     for backend in ("auto", "reference", "cpu", "triton"):
-        assert backends.model_lstm(backend, "cpu", torch.float32, 16) is None
+        assert not backends.model_uses_lstm_op(backend, "cpu", torch.float32, 16)
 
 
 @pytest.mark.gpu
 def test_auto_on_gpu_keeps_cudnn_and_the_cuda_backend_serves_every_size():
     assert backends.resolve("auto", "cuda", torch.bfloat16, 128, op="lstm").name == "reference"
     assert backends.resolve("cuda", "cuda", torch.float32, 1024, op="lstm").name == "cuda"
-    assert backends.model_lstm("cuda", "cuda", torch.float32, 128) is not None
+    assert backends.model_uses_lstm_op("cuda", "cuda", torch.float32, 128)
+    assert not backends.model_uses_lstm_op("auto", "cuda", torch.float32, 128)
 
 
-@pytest.mark.parametrize("requires_grad", [False, True])
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
-def test_opcheck(device, requires_grad):
+def test_opcheck(device):
+    """Both ops, the forward with and without gradients and a dropout mask (each opcheck compiles: kept to three)."""
     require_backend(device, device)
     x, h0, c0, weights = on(lstm_inputs(2, 3, 2, 4, 2), device, torch.float32)
     mask = torch.dropout(torch.ones(1, 3, 2, 4, device=device), 0.5, True)
-    args = [t.requires_grad_(requires_grad) for t in (x, h0, c0)]
-    weights = [w.requires_grad_(requires_grad) for w in weights]
-    for dropout_mask in (None, mask):
-        torch.library.opcheck(torch.ops.lstm_attn.lstm_fwd, (args[0], weights, args[1], args[2], dropout_mask, False))
-    out, h_n, c_n, hidden, cell, gates = torch.ops.lstm_attn.lstm_fwd(x.detach(), [w.detach() for w in weights],
-                                                                      h0.detach(), c0.detach(), mask, True)
-    torch.library.opcheck(torch.ops.lstm_attn.lstm_bwd,
-                          (torch.randn_like(out), torch.randn_like(h_n), torch.randn_like(c_n), x.detach(),
-                           [w.detach() for w in weights], h0.detach(), c0.detach(), mask, hidden, cell, gates))
+    torch.library.opcheck(torch.ops.lstm_attn.lstm_fwd, (x, weights, h0, c0, None, False))
+    leaves = [t.clone().requires_grad_(True) for t in (x, h0, c0, *weights)]
+    torch.library.opcheck(torch.ops.lstm_attn.lstm_fwd, (leaves[0], leaves[3:], leaves[1], leaves[2], mask, False))
+    out, h_n, c_n, hidden, cell, gates = torch.ops.lstm_attn.lstm_fwd(x, weights, h0, c0, mask, True)
+    torch.library.opcheck(torch.ops.lstm_attn.lstm_bwd, (torch.randn_like(out), torch.randn_like(h_n),
+                                                         torch.randn_like(c_n), x, weights, h0, c0, mask, hidden,
+                                                         cell, gates))
 
 
 def test_gradcheck_float64():
@@ -333,3 +335,80 @@ def test_the_ops_own_checks_name_the_argument():
     out, h_n, c_n, hidden, cell, gates = torch.ops.lstm_attn.lstm_fwd(x, weights, h0, c0, None, False)
     with pytest.raises(RuntimeError, match="hidden has shape .*for_backward=True"):
         torch.ops.lstm_attn.lstm_bwd(out, h_n, c_n, x, weights, h0, c0, None, hidden, cell, gates)
+
+
+# The fused CUDA kernels' configurations (csrc/cuda/lstm/lstm.h: bucket Hp, units per block, layers per launch),
+# and a few more splits of the same buckets.
+FUSED_CONFIGS = [(32, 32, 2), (32, 16, 2), (64, 64, 2), (64, 32, 2), (128, 32, 2), (128, 16, 2), (256, 64, 1),
+                 (256, 32, 1)]
+
+
+@pytest.mark.parametrize("Hp, units, max_layers", FUSED_CONFIGS, ids=lambda v: str(v))
+@pytest.mark.parametrize("B, T, L, pad, dropout", [(17, 5, 3, 3, True), (1, 1, 1, 0, False)],
+                         ids=["B17-T5-L3-padded-dropout", "B1-T1-L1"])
+def test_fused_kernels_index_algebra_on_a_cpu_model(Hp, units, max_layers, B, T, L, pad, dropout):
+    """The fused kernels' packing, layouts, wavefront and cluster exchange (tests/_fused_lstm_model.py, the kernels'
+    indices in Python) against the op's CPU kernel in float64: any index slip is an O(1) error."""
+    import _fused_lstm_model
+
+    require_backend("cpu", "cpu")
+    H = Hp - pad
+    x, h0, c0, weights = lstm_inputs(B, T, 3, H, L)
+    mask = torch.dropout(torch.ones(L - 1, T, B, H, dtype=torch.float64), 0.4, True) if dropout else None
+    g = torch.Generator().manual_seed(5)
+    grad_output, grad_h_n, grad_c_n = (torch.randn(*s, generator=g, dtype=torch.float64)
+                                       for s in ((B, T, H), (L, B, H), (L, B, H)))
+    out, h_n, c_n, hidden, cell, gates = torch.ops.lstm_attn.lstm_fwd(x, weights, h0, c0, mask, True)
+    grad_x, grad_w, grad_h0, grad_c0 = torch.ops.lstm_attn.lstm_bwd(grad_output, grad_h_n, grad_c_n, x, weights, h0,
+                                                                    c0, mask, hidden, cell, gates)
+    want = [out, h_n, c_n, grad_x, grad_h0, grad_c0, *grad_w]
+    got = _fused_lstm_model.lstm(x, weights, h0, c0, mask, grad_output, grad_h_n, grad_c_n, Hp, units, max_layers)
+    for name, a, b in zip(names(L), got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.fixture
+def cpu_as_fused_lstm(monkeypatch):
+    """The CPU stands in for a GPU: LSTMWithAttention(backend="cpu") runs its LSTM through lstm_attn.lstm, as
+    backend="cuda" does through the fused kernels. Counts the op's calls."""
+    from lstm_attn import modules
+
+    calls = []
+    monkeypatch.setattr(modules, "model_uses_lstm_op", lambda backend, device, dtype, H: backend == "cpu")
+    op = modules.lstm_op
+    monkeypatch.setattr(modules, "lstm_op", lambda *a, **k: calls.append(k["backend"]) or op(*a, **k))
+    return calls
+
+
+def test_model_runs_its_lstm_through_the_op_with_the_seeds_state_dict(cpu_as_fused_lstm):
+    """Outputs and gradients equal the seed's in training with dropout (on CPU the op draws nn.LSTM's masks), the
+    nn.LSTM submodule and its state_dict keys stay, and torch.compile traces the whole forward as one graph."""
+    from lstm_attn import reference
+    from lstm_attn.modules import LSTMWithAttention
+
+    torch.manual_seed(0)
+    seed = reference.LSTMWithAttention(3, 16, 2, 0.25)
+    ours = LSTMWithAttention(3, 16, 2, 0.25, backend="cpu")
+    ours.load_state_dict(seed.state_dict(), strict=True)
+    assert list(ours.state_dict()) == list(seed.state_dict()) and isinstance(ours.lstm, torch.nn.LSTM)
+    module_calls = []
+    ours.lstm.register_forward_hook(lambda *args: module_calls.append(1))
+    x = torch.randn(4, 9, 3)
+    results = []
+    for model in (ours, seed):
+        model.train().zero_grad()
+        torch.manual_seed(5)
+        y = model(x)
+        y.square().sum().backward()
+        results.append({"output": y, **{f"grad {n}": p.grad for n, p in model.named_parameters()}})
+    assert cpu_as_fused_lstm == ["cpu"] and not module_calls
+    for name, value in results[1].items():
+        torch.testing.assert_close(results[0][name], value, rtol=1e-4, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
+    # fullgraph: no graph break anywhere (the nn.LSTM path cannot: Dynamo refuses nn.LSTM objects).
+    torch._dynamo.reset()
+    compiled = torch.compile(ours.eval(), fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x), ours(x), rtol=1e-6, atol=1e-7)
+    torch._dynamo.reset()
+    # The op reads the nn.LSTM's own parameter objects, also after PyTorch replaces them.
+    ours.double().load_state_dict({k: v + 1 for k, v in seed.double().state_dict().items()}, assign=True)
+    assert all(a is b for a, b in zip(ours._lstm_weights, ours.lstm._flat_weights))
