@@ -241,11 +241,10 @@ def resolve(backend: str, device, dtype: torch.dtype, head_dim: int, op: str = "
     return chosen
 
 
-def model_lstm(backend: str, device, dtype: torch.dtype, hidden_size: int) -> Callable | None:
-    """What LSTMWithAttention runs its LSTM through for the model's `backend`: lstm_attn.lstm's implementation where
-    that backend resolves to fused LSTM kernels, else None (the nn.LSTM submodule). A backend without LSTM kernels
-    (triton) leaves the LSTM to nn.LSTM rather than failing: its name picks the attention's kernels."""
+def model_uses_lstm_op(backend: str, device, dtype: torch.dtype, hidden_size: int) -> bool:
+    """Whether LSTMWithAttention with this `backend` runs its LSTM through lstm_attn.lstm (where the backend
+    resolves to fused LSTM kernels) rather than its nn.LSTM submodule. A backend without LSTM kernels (triton)
+    leaves the LSTM to nn.LSTM rather than failing: its name picks the attention's kernels."""
     if backend != "auto" and _REGISTRY[backend].lstm is None:
-        return None
-    chosen = resolve(backend, device, dtype, hidden_size, op="lstm")
-    return chosen.lstm if chosen.fused_lstm else None
+        return False
+    return resolve(backend, device, dtype, hidden_size, op="lstm").fused_lstm
