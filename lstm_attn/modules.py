@@ -116,6 +116,19 @@ class LSTMWithAttention(pl.LightningModule):
         self._lstm_dropout = float(dropout)
         self._refresh_lstm_weights()
         self.register_load_state_dict_post_hook(lambda module, keys: module._refresh_lstm_weights())
+        self._graphed = None  # set by use_cuda_graph
+
+    def use_cuda_graph(self, enabled: bool = True) -> LSTMWithAttention:
+        """Train with each step's forward, loss and backward captured once in a CUDA graph and replayed
+        (lstm_attn.training.cuda_graph): one launch of host time per step. Call before Trainer.fit; needs a GPU and
+        one process, and no float16 gradient scaler (32-true or bf16-mixed). The optimizer step, fused Adam, runs
+        after each replay through Lightning (manual optimization), so step counts, checkpoints and the update are
+        Lightning's and Adam's as in eager training. Returns self."""
+        from lstm_attn.training.cuda_graph import GraphedForwardBackward
+
+        self._graphed = GraphedForwardBackward() if enabled else None
+        self.automatic_optimization = not enabled
+        return self
 
     def _refresh_lstm_weights(self) -> None:
         self._lstm_weights = tuple(getattr(self.lstm, name) for name in self.lstm._flat_weights_names)
@@ -156,8 +169,12 @@ class LSTMWithAttention(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        y_hat = self(x)
-        loss = self.loss_fn(y_hat, y)
+        if self._graphed is not None:
+            loss = self._graphed(self, x, y)
+            self.optimizers().step()  # the gradients are the graph's, overwritten by each replay: no zero_grad
+        else:
+            y_hat = self(x)
+            loss = self.loss_fn(y_hat, y)
         self.log("train_loss", loss)
         return loss
 
@@ -168,4 +185,5 @@ class LSTMWithAttention(pl.LightningModule):
         self.log("val_loss", loss)
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=0.001)
+        # The seed's Adam; fused (one kernel) where the step's other kernels are one graph replay.
+        return torch.optim.Adam(self.parameters(), lr=0.001, **({"fused": True} if self._graphed else {}))
