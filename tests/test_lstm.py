@@ -412,3 +412,34 @@ def test_model_runs_its_lstm_through_the_op_with_the_seeds_state_dict(cpu_as_fus
     # The op reads the nn.LSTM's own parameter objects, also after PyTorch replaces them.
     ours.double().load_state_dict({k: v + 1 for k, v in seed.double().state_dict().items()}, assign=True)
     assert all(a is b for a, b in zip(ours._lstm_weights, ours.lstm._flat_weights))
+
+
+def test_benchmark_case_runs_every_cpu_provider_alike():
+    """lstm_attn.lstm_case, what the benchmark suite times: on CPU the reference and our CPU op compute alike."""
+    from lstm_attn.lstm_case import lstm_case
+
+    require_backend("cpu", "cpu")
+    cases = {p: lstm_case(p, B=3, T=5, H=8, layers=2, device="cpu") for p in ("reference", "cpu")}
+    for case in cases.values():
+        case.run()
+    assert cases["cpu"].flops == 3 * 8 * 3 * 5 * 8 * ((8 + 8) + (8 + 8))
+    for a, b in zip(cases["cpu"].results(), cases["reference"].results()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="needs device='cuda'"):
+        lstm_case("cpu", B=3, T=5, H=8, device="cpu", mode="graph")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("provider", ["reference", "cuda", "cuda-stepwise"])
+def test_benchmark_case_graph_replay_equals_eager(provider):
+    from lstm_attn.lstm_case import lstm_case
+
+    require_backend("cuda", "cuda")
+    eager, graph = (lstm_case(provider, B=40, T=33, H=128, dtype=torch.bfloat16, mode=m) for m in ("eager", "graph"))
+    eager.run()
+    graph.run()
+    torch.cuda.synchronize()
+    # Ours bit for bit (deterministic kernels); cuDNN may pick other kernels under capture.
+    tolerance = {"rtol": 0, "atol": 0} if provider != "reference" else {"rtol": 2e-2, "atol": 1e-2}
+    for a, b in zip(graph.results(), eager.results()):
+        torch.testing.assert_close(a, b, **tolerance)
