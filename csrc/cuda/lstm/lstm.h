@@ -9,7 +9,7 @@
 // Inside a cluster, block `rank` owns hidden units [rank * hs, (rank + 1) * hs) of every layer of the group and keeps
 // the weights of those units on chip for the whole launch: for layer g its slice of 4 hs rows (the i, f, g, o rows of
 // its units, gate-major), over Kw(g) columns: W_hh (Kw = Hp) for the group's bottom layer, [W_ih | W_hh] (Kw = 2 Hp)
-// for a layer above it in the group. Hp is H rounded up to a bucket (32, 64, 128, 256); padded units have zero
+// for a layer above it in the group. Hp is H rounded up to a bucket (64, 128, 256); padded units have zero
 // weights and stay exactly zero, padded rows stay zero, and neither is ever stored.
 //
 // Wavefront. Iteration s runs layer g at step t = s - g (forward) or t = T - 1 - (s - (top - g)) (backward), so the
@@ -48,7 +48,6 @@
 // (KB). The largest unit count whose buffers fit kSmemBudget, so the fewest blocks per cluster barrier: chosen by
 // fit, not by measurement.
 //   Hp   layers  16-bit                   tf32                     exact float32
-//   32   2       32 x 1,  51 /  55        32 x 1,  81 /  87        32 x 1,  78 /  84
 //   64   2       64 x 1, 149 / 157        32 x 2, 141 / 153        32 x 2, 138 / 150
 //   128  2       32 x 4, 141 / 181        16 x 8, 155 / 179        16 x 8, 153 / 177
 //   256  1       64 x 4, 165 / 189        32 x 8, 171 / 187        32 x 8, 169 / 185
@@ -107,7 +106,7 @@ struct Shape {
   int cluster;  // blocks per cluster
 };
 
-// Per bucket Hp (32, 64, 128, 256), compiled in lstm_hdim<Hp>.cu.
+// Per bucket Hp (64, 128, 256), compiled in lstm_hdim<Hp>.cu.
 template <int Hp>
 Shape fused_shape(Path path);
 template <int Hp>
