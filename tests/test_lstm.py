@@ -442,3 +442,19 @@ def test_benchmark_case_graph_replay_equals_eager(provider):
     tolerance = {"rtol": 0, "atol": 0} if provider != "reference" else {"rtol": 2e-2, "atol": 1e-2}
     for a, b in zip(graph.results(), eager.results()):
         torch.testing.assert_close(a, b, **tolerance)
+
+
+@pytest.mark.gpu
+def test_model_with_fused_lstm_compiles_as_one_graph_and_matches_eager():
+    """backend="cuda": the LSTM through the fused kernels, the forward one graph (inductor, fullgraph)."""
+    from lstm_attn.modules import LSTMWithAttention
+
+    require_backend("cuda", "cuda")
+    torch.manual_seed(0)
+    model = LSTMWithAttention(8, 128, 2, 0.0, backend="cuda").cuda()
+    x = torch.randn(64, 50, 8, device="cuda")
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)
+    with tf32(False):
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-6)
+    torch._dynamo.reset()

@@ -1,5 +1,6 @@
-// The CUDA kernels of lstm_attn::lstm_fwd / lstm_bwd: input checks, the choice of plan, and the host side of the
-// fused plan (weight packing and launch parameters; the kernels are in lstm_kernels.cuh, the design in lstm.h).
+// The CUDA kernels of lstm_attn::lstm_fwd / lstm_bwd: input checks, the choice of plan, the step-by-step plan's two
+// elementwise kernels, and the host side of the fused plan (weight packing and launch parameters; its kernels are in
+// lstm_kernels.cuh, the design in lstm.h).
 //
 // Plans (LSTM_ATTN_LSTM_PLAN selects one; the default is auto):
 //   auto      the fused kernels where they run (H <= 256 in a compiled bucket; clusters need sm_90), else stepwise
@@ -19,15 +20,81 @@
 
 #include "checks.h"
 #include "cpu/lstm.h"
+#include "cuda/common.cuh"
 #include "cuda/lstm/lstm.h"
+#include "lstm_cell.h"
 
 namespace lstm_attn::gpu::lstm {
-
-extern const ::lstm_attn::lstm::StepKernels kCudaSteps;  // steps.cu
 
 namespace {
 
 namespace plan = ::lstm_attn::lstm;
+
+// The step-by-step plan's elementwise steps (csrc/cpu/lstm.h): a thread per (batch row, unit) running the cell of
+// csrc/lstm_cell.h. Simple on purpose: the plan for sizes the fused kernels do not take, and the yardstick they are
+// checked against.
+constexpr int kStepThreads = 256;
+
+template <class T>
+__global__ void step_forward_kernel(float* pre, const float* c_prev, float* c, T* h, int64_t cells, int H) {
+  const int64_t i = int64_t(blockIdx.x) * kStepThreads + threadIdx.x;
+  if (i >= cells) return;
+  const int u = static_cast<int>(i % H);
+  float* row = pre + i / H * 4 * H;
+  const auto r = cell::forward(row[u], row[H + u], row[2 * H + u], row[3 * H + u], c_prev[i]);
+  row[u] = r.i;
+  row[H + u] = r.f;
+  row[2 * H + u] = r.g;
+  row[3 * H + u] = r.o;
+  c[i] = r.c;
+  h[i] = from_float<T>(r.h);
+}
+
+template <class T>
+__global__ void step_backward_kernel(const float* gates, const float* c, const float* c_prev, const float* dh,
+                                     float* dc, T* d_pre, int64_t cells, int H) {
+  const int64_t i = int64_t(blockIdx.x) * kStepThreads + threadIdx.x;
+  if (i >= cells) return;
+  const int u = static_cast<int>(i % H);
+  const int64_t row = i / H * 4 * H;
+  const float* g = gates + row;
+  const auto r = cell::backward(g[u], g[H + u], g[2 * H + u], g[3 * H + u], c[i], c_prev[i], dh[i], dc[i]);
+  d_pre[row + u] = from_float<T>(r.d_i);
+  d_pre[row + H + u] = from_float<T>(r.d_f);
+  d_pre[row + 2 * H + u] = from_float<T>(r.d_g);
+  d_pre[row + 3 * H + u] = from_float<T>(r.d_o);
+  dc[i] = r.dc_carry;
+}
+
+int step_blocks(int64_t cells) {
+  TORCH_CHECK(cells <= int64_t(INT_MAX) * kStepThreads, "lstm_attn: B * H = ", cells, " is too large for one step");
+  return static_cast<int>((cells + kStepThreads - 1) / kStepThreads);
+}
+
+void step_forward(const at::Tensor& pre, const at::Tensor& c_prev, const at::Tensor& c, const at::Tensor& h) {
+  const int64_t cells = c.numel();
+  if (cells == 0) return;
+  dispatch_dtype(h.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    launch(step_forward_kernel<T>, step_blocks(cells), kStepThreads, 0, c10::cuda::getCurrentCUDAStream(),
+           pre.data_ptr<float>(), c_prev.data_ptr<float>(), c.data_ptr<float>(), static_cast<T*>(h.data_ptr()), cells,
+           static_cast<int>(c.size(1)));
+  });
+}
+
+void step_backward(const at::Tensor& gates, const at::Tensor& c, const at::Tensor& c_prev, const at::Tensor& dh,
+                   const at::Tensor& dc, const at::Tensor& d_pre) {
+  const int64_t cells = c.numel();
+  if (cells == 0) return;
+  dispatch_dtype(d_pre.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    launch(step_backward_kernel<T>, step_blocks(cells), kStepThreads, 0, c10::cuda::getCurrentCUDAStream(),
+           gates.data_ptr<float>(), c.data_ptr<float>(), c_prev.data_ptr<float>(), dh.data_ptr<float>(),
+           dc.data_ptr<float>(), static_cast<T*>(d_pre.data_ptr()), cells, static_cast<int>(c.size(1)));
+  });
+}
+
+const plan::StepKernels kCudaSteps{&step_forward, &step_backward};
 
 Path path_for(c10::ScalarType dtype) {
   if (dtype == at::kHalf) return Path::kHalf;
@@ -100,15 +167,22 @@ at::Tensor pack_weights(const plan::ForwardState& f, int64_t l, bool with_input,
   return w.view({4, shape.cluster, shape.units, w.size(2)}).permute({1, 0, 2, 3}).contiguous();
 }
 
+// A launch's sizes: the group's n layers of f's shape.
+template <class Params>
+Params group_params(const plan::ForwardState& f, int64_t n) {
+  Params p{};
+  p.B = static_cast<int>(f.B);
+  p.T = static_cast<int>(f.T);
+  p.H = static_cast<int>(f.H);
+  p.layers = static_cast<int>(n);
+  return p;
+}
+
 // The tensors below are freed when the runner returns, before the kernel has run: PyTorch's caching allocator
 // hands their memory to no one else until the launch's stream has passed it.
 plan::ForwardGroup fused_forward_group(Path path, Shape shape) {
   return [path, shape](plan::ForwardState& f, int64_t l0, int64_t n, const at::Tensor& proj) {
-    FwdParams p{};
-    p.B = static_cast<int>(f.B);
-    p.T = static_cast<int>(f.T);
-    p.H = static_cast<int>(f.H);
-    p.layers = static_cast<int>(n);
+    FwdParams p = group_params<FwdParams>(f, n);
     p.proj = proj.data_ptr<float>();
     at::Tensor w[kMaxLayers], bias[kMaxLayers];
     for (int g = 0; g < n; ++g) {
@@ -136,11 +210,7 @@ plan::ForwardGroup fused_forward_group(Path path, Shape shape) {
 plan::BackwardGroup fused_backward_group(Path path, Shape shape) {
   return [path, shape](plan::BackwardState& b, int64_t l0, int64_t n, const at::Tensor& dy) {
     const plan::ForwardState& f = b.f;
-    BwdParams p{};
-    p.B = static_cast<int>(f.B);
-    p.T = static_cast<int>(f.T);
-    p.H = static_cast<int>(f.H);
-    p.layers = static_cast<int>(n);
+    BwdParams p = group_params<BwdParams>(f, n);
     p.dy = dy.data_ptr<float>();
     at::Tensor w[kMaxLayers];
     for (int g = 0; g < n; ++g) {

@@ -137,6 +137,24 @@ __device__ __forceinline__ float load_float(const void* base, int64_t i) {
   return to_float(static_cast<const T*>(base)[i]);
 }
 
+// Places the weight slices of every layer at the start of dynamic shared memory (both kernels' layout) and loads
+// this block's slices of the group's layers; returns the bytes they take.
+template <class Cfg>
+__device__ size_t load_weight_slices(unsigned char* smem, const void* const (&w)[kMaxLayers], int rank, int layers,
+                                     typename Cfg::T* (&w_s)[Cfg::kLayers]) {
+  using T = typename Cfg::T;
+  size_t offset = 0;
+#pragma unroll
+  for (int g = 0; g < Cfg::kLayers; ++g) {
+    w_s[g] = reinterpret_cast<T*>(smem + offset);
+    offset += align128(size_t(4) * Cfg::hs * Cfg::ldw(g) * sizeof(T));
+    if (g < layers)  // the loops over layers run to kLayers, unrolled, so that pointer arrays stay in registers
+      load_rows(w_s[g], Cfg::ldw(g), static_cast<const T*>(w[g]) + int64_t(rank) * 4 * Cfg::hs * Cfg::kw(g),
+                4 * Cfg::hs, Cfg::kw(g));
+  }
+  return offset;
+}
+
 // --- forward ------------------------------------------------------------------------------------------------------
 
 template <class Cfg>
@@ -151,13 +169,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) lstm_fwd_kernel(con
   }
 #endif
   extern __shared__ __align__(128) unsigned char smem[];
+  const int rank = cluster_rank<Cfg::kCluster>();
+  const int B = p.B, T_ = p.T, H = p.H, layers = p.layers;
   T* w_s[G];
   float* gates_s[G];
-  size_t offset = 0;
-  for (int g = 0; g < G; ++g) {
-    w_s[g] = reinterpret_cast<T*>(smem + offset);
-    offset += align128(size_t(4) * hs * Cfg::ldw(g) * sizeof(T));
-  }
+  size_t offset = load_weight_slices<Cfg>(smem, p.w, rank, layers, w_s);
   // The two h buffers, adjacent: buffer i at hbuf + i * kHbufElems (an offset, not a pointer array, which a
   // run-time index would put in local memory).
   T* const hbuf = reinterpret_cast<T*>(smem + offset);
@@ -168,17 +184,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) lstm_fwd_kernel(con
     offset += align128(size_t(kRows) * Cfg::ldgates(hs) * sizeof(float));
   }
 
-  const int rank = cluster_rank<Cfg::kCluster>();
   const int row0 = static_cast<int>(blockIdx.x) / Cfg::kCluster * kRows, unit0 = rank * hs;
-  const int B = p.B, T_ = p.T, H = p.H, layers = p.layers;
   const int64_t BH = int64_t(B) * H;
 
-  // Loops over layers run to G, unrolled, so that arrays of pointers stay in registers.
-#pragma unroll
-  for (int g = 0; g < G; ++g)
-    if (g < layers)
-      load_rows(w_s[g], Cfg::ldw(g), static_cast<const T*>(p.w[g]) + int64_t(rank) * 4 * hs * Cfg::kw(g), 4 * hs,
-                Cfg::kw(g));
   zero_shared(hbuf, 2 * kHbufElems);
   __syncthreads();
   // Both buffers hold h0 in each layer's h slot: layer g first reads its slot in iteration g, of either parity.
@@ -308,14 +316,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) lstm_bwd_kernel(con
   }
 #endif
   extern __shared__ __align__(128) unsigned char smem[];
+  const int rank = cluster_rank<kCluster>();
+  const int B = p.B, T_ = p.T, H = p.H, layers = p.layers, top = p.layers - 1;
   T* w_s[G];
   T* dpre_s[G];
   float* acc_s[G];
-  size_t offset = 0;
-  for (int g = 0; g < G; ++g) {
-    w_s[g] = reinterpret_cast<T*>(smem + offset);
-    offset += align128(size_t(4) * hs * Cfg::ldw(g) * sizeof(T));
-  }
+  size_t offset = load_weight_slices<Cfg>(smem, p.w, rank, layers, w_s);
   // The two buffers of partial sums, adjacent (an offset, as hbuf in the forward).
   float* const red = reinterpret_cast<float*>(smem + offset);
   constexpr int kRedElems = align128(Cfg::red_floats * sizeof(float)) / sizeof(float);
@@ -330,19 +336,13 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) lstm_bwd_kernel(con
   auto red_dh = [](int g) { return size_t(kRows) * Hp * (2 * g); };
   auto red_dx = [](int g) { return size_t(kRows) * Hp * (2 * g - 1); };
 
-  const int rank = cluster_rank<kCluster>();
   const int row0 = static_cast<int>(blockIdx.x) / kCluster * kRows, unit0 = rank * hs;
-  const int B = p.B, T_ = p.T, H = p.H, layers = p.layers, top = p.layers - 1;
   const int64_t BH = int64_t(B) * H;
 
+  // Cells that are never written (padded rows and units) must multiply as zeros.
 #pragma unroll
-  for (int g = 0; g < G; ++g) {
-    if (g >= layers) break;
-    load_rows(w_s[g], Cfg::ldw(g), static_cast<const T*>(p.w[g]) + int64_t(rank) * 4 * hs * Cfg::kw(g), 4 * hs,
-              Cfg::kw(g));
-    // Cells that are never written (padded rows and units) must multiply as zeros.
-    zero_shared(dpre_s[g], size_t(kRows) * Cfg::lddpre(hs));
-  }
+  for (int g = 0; g < G; ++g)
+    if (g < layers) zero_shared(dpre_s[g], size_t(kRows) * Cfg::lddpre(hs));
 
   // Per cell: the carried dc (float32) and step t's saved values, loaded an iteration ahead.
   struct Saved {
