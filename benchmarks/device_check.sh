@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# The one GPU check, in one go: build the extension, memcheck one small CUDA forward+backward, run the GPU-marked
-# tests, the benchmark sweep and the model baselines, and print the summary table last. About 6-7 minutes on an H100.
+# The one GPU check, in one go: build the extension, list its kernels' static resources, memcheck one small CUDA
+# forward+backward, run the GPU-marked tests, the benchmark sweep (device time from CUDA-graph replay, eager wall
+# time and host cost per provider) and the model baselines, and print the summary table last. Sized for about 7
+# minutes on an H200 through --time-budget: the sweep starts no group after its share of the budget and lists
+# the groups it left out.
 #
 #   benchmarks/device_check.sh [OUT]        (or OUT=... in the environment; default ./device-check-out)
 #
-# Writes at most 10 files into OUT (ncu.log with NCU=1): device_check.log, pytest-gpu.log, sanitizer.log, bench-<gpu>-<date>.json,
-# model-<gpu>-<date>.json, profile-<gpu>-<date>.json (host/device split and heaviest kernels per call),
-# summary-<gpu>-<date>.md and its -speedup.png and -tflops.png.
+# Writes into OUT (ncu.log with NCU=1): device_check.log, kernels.md and kernels-<gpu>-<date>.json (static
+# resources), pytest-gpu.log, sanitizer.log, bench-<gpu>-<date>.json, model-<gpu>-<date>.json,
+# scaling-<gpu>-<date>.json (model_scaling: time and peak memory against T),
+# profile-<gpu>-<date>.json (host/device split and heaviest kernels per call), summary-<gpu>-<date>.md and its
+# per-device -speedup.png and -tflops.png.
 # Every step runs under `timeout`; a step that fails or runs out of time is reported and the next one runs.
 # The exit status is 0 only if every step passed. Without a GPU it says so, runs the CPU parts (build, a quick
 # CPU sweep, the report) and exits 0 if those passed.
@@ -156,8 +161,8 @@ fi
 torch.version.cuda)"
 "$PY" -c "import triton; print('triton', triton.__version__)" 2>/dev/null || echo "triton: not importable"
 
-# Each step keeps back seconds for the steps after it: the benchmarks (sweep, model baselines, profile and report,
-# 220 s;
+# Each step keeps back seconds for the steps after it: the benchmarks (sweep, model baselines, model scaling,
+# profile and report, 220 s;
 # none with CHECKS_ONLY=1) and the GPU tests (100 s). When time runs short the sanitizers are cut first.
 BENCH_RESERVE=$([ "${CHECKS_ONLY:-0}" = 1 ] && echo 0 || echo 220)
 TEST_RESERVE=100
@@ -171,7 +176,12 @@ SLUG=$("$PY" -c "from lstm_attn.bench.env import device_slug; print(device_slug(
 DATE=$(date -u +%Y-%m-%d)
 BENCH_JSON="$OUT/bench-$SLUG-$DATE.json"
 MODEL_JSON="$OUT/model-$SLUG-$DATE.json"
+PROFILE_JSON="$OUT/profile-$SLUG-$DATE.json"
+SCALING_JSON="$OUT/scaling-$SLUG-$DATE.json"
 STEM="summary-$SLUG-$DATE"
+# Registers, shared memory, spills and blocks per SM of every CUDA kernel of this build (from the binary).
+[ $HAS_GPU = 1 ] && step "kernel resources" 60 "$BENCH_RESERVE" kernels.md "$PY" -m lstm_attn.cli kernels \
+    --json "$OUT/kernels-$SLUG-$DATE.json"
 
 if [ $HAS_GPU = 1 ]; then
     SANITIZER="$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")"
@@ -191,16 +201,21 @@ if [ $HAS_GPU = 1 ]; then
     # (it also rewrites the file after every group, so a kill loses one group at most).
     [ "${CHECKS_ONLY:-0}" = 1 ] && RESULTS+=("sweep, model baselines and profile: not run (CHECKS_ONLY=1)")
     [ "${CHECKS_ONLY:-0}" = 1 ] || {
-    limit=$(limit_for 200 100)
-    step "sweep" 200 100 - "$PY" -m lstm_attn.cli bench --device cuda --out "$BENCH_JSON" \
+    limit=$(limit_for 170 130)
+    step "sweep" 170 130 - "$PY" -m lstm_attn.cli bench --device cuda --out "$BENCH_JSON" \
         --time-budget $((limit > 50 ? limit - 35 : 15))
-    limit=$(limit_for 80 55)
-    step "model baselines" 80 55 - "$PY" -m lstm_attn.cli bench --device cuda --cases model_step \
+    limit=$(limit_for 70 85)
+    step "model baselines" 70 85 - "$PY" -m lstm_attn.cli bench --device cuda --cases model_step \
         --out "$MODEL_JSON" --time-budget $((limit > 35 ? limit - 20 : 15))
+    # Time and peak memory of a training step against T, seed beside ours (each point checked first); the
+    # time cap stops a provider growing T when one step would outlast the budget.
+    limit=$(limit_for 60 25)
+    step "model scaling" 60 25 - "$PY" -m lstm_attn.cli bench --device cuda --cases model_scaling \
+        --out "$SCALING_JSON" --time-cap 5 --time-budget $((limit > 30 ? limit - 20 : 10))
     # Where the time of the sweep's calls goes (host or device, which kernels): the smallest and largest H.
     limit=$(limit_for 45 25)
     step "profile" 45 25 - "$PY" -m lstm_attn.cli profile --device cuda --T 256,1024 --H 64,512 --iters 10 \
-        --out "$OUT/profile-$SLUG-$DATE.json" --time-budget $((limit > 25 ? limit - 15 : 10))
+        --out "$PROFILE_JSON" --time-budget $((limit > 25 ? limit - 15 : 10))
     }
     [ "${NCU:-0}" = 1 ] && {
     NCU_BIN="$(command -v ncu || echo "${CUDA_HOME:-/usr/local/cuda}/bin/ncu")"
@@ -213,7 +228,7 @@ else
 fi
 
 JSONS=()
-for f in "$BENCH_JSON" "$MODEL_JSON"; do [ -f "$f" ] && JSONS+=("$f"); done
+for f in "$BENCH_JSON" "$MODEL_JSON" "$SCALING_JSON" "$PROFILE_JSON"; do [ -f "$f" ] && JSONS+=("$f"); done
 if ((${#JSONS[@]})); then
     step "report" 30 0 - "$PY" -m lstm_attn.cli report "${JSONS[@]}" --out "$OUT" --stem "$STEM" --quiet
 elif [ "${CHECKS_ONLY:-0}" = 1 ]; then

@@ -30,7 +30,7 @@ def pytest_generate_tests(metafunc):
 
 def test_attention_layernorm(benchmark, timed, bench_device, pass_, dtype, shape, provider):
     B, T, H = shape
-    group = cases.op_group(pass_, cases.DTYPES[dtype], B, T, H, [provider], bench_device, seed=0)
+    group = cases.op_group(pass_, dtype, B, T, H, [provider], bench_device, seed=0)
     candidate = group.candidates[0]
     if candidate.skip_reason:
         pytest.skip(f"{provider}: {candidate.skip_reason}")

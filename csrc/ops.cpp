@@ -4,6 +4,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "cpu/tiles.h"
+
 extern "C" {
 // `import lstm_attn._C` loads this library, which runs the TORCH_LIBRARY registrations; the module itself
 // exports nothing.
@@ -29,6 +31,9 @@ TORCH_LIBRARY(lstm_attn, m) {
   m.def(
       "softmax_pool_bwd(Tensor grad_pooled, Tensor x, Tensor u, Tensor c, Tensor pooled, Tensor lse) -> "
       "(Tensor grad_x, Tensor grad_u, Tensor grad_c)");
+  // The CPU kernels' tile sizes [query block, backward query block, key tile, min backward tasks], for tests
+  // that must reach every tile boundary.
+  m.def("cpu_attention_tiles() -> int[]", &lstm_attn::cpu::attention_tiles);
   // nn.LSTM(batch_first=True) with both biases: x (B, T, I); weights as nn.LSTM._flat_weights holds them, four per
   // layer (w_ih (4H, I or H), w_hh (4H, H), b_ih (4H,), b_hh (4H,)), gates in the order i, f, g, o; h0, c0
   // (L, B, H). dropout_mask (L - 1, T, B, H), in x's dtype, multiplies the input of layers 1 .. L - 1 (0 or

@@ -1,18 +1,20 @@
-"""layer_norm(softmax(q k^T * scale) v + residual) in Triton: a FlashAttention-2 forward with the residual and
-LayerNorm in its epilogue, and a recomputing backward.
+"""layer_norm(softmax(q k^T * scale) v + residual) in Triton, flash plan: a FlashAttention-2 forward with the
+residual and LayerNorm in its epilogue, and a recomputing backward; and the launchers that choose between this
+plan and the matmul plan (attention_layernorm_matmul.py) by the table PLAN_BY_HEAD_DIM.
 
-Forward: a program owns BLOCK_M query rows of one batch row, streams BLOCK_N keys/values at a time through an online
-softmax, and keeps the (BLOCK_M, H) output on chip until the epilogue adds the residual and normalizes: the
-attention output never makes a round trip through memory before the LayerNorm. It saves attn (the attention
-output), the log-sum-exp of the scores and the LayerNorm mean and rstd.
+Forward (one launch): a program owns BLOCK_M query rows of one batch row, streams BLOCK_N keys/values at a time
+through an online softmax, and keeps the (BLOCK_M, H) output on chip until the epilogue adds the residual and
+normalizes: the attention output never makes a round trip through memory before the LayerNorm. It saves attn (the
+attention output) and the row statistics lse, mean and rstd (one buffer, see layernorm.py).
 
-Backward, three kernels and a fixed-order sum, no stored probability matrix:
-1. LayerNorm backward per row: grad_residual (which is also dO, the gradient of the attention output), the
-   softmax backward's delta_i = attn_i . dO_i, and per-program partial sums of grad_weight and grad_bias.
-2. dK, dV: a program per key block walks the query blocks, recomputing P from q, k and the saved lse.
-3. dQ: a program per query block walks the key blocks.
-Splitting 2 and 3 costs the scores once more but needs no atomics, so every gradient is deterministic; the
-partials of grad_weight and grad_bias are summed by torch in a fixed order.
+Backward (two launches), no stored probability matrix and no atomics:
+1. the LayerNorm backward per row (layernorm.py): grad_residual, which is also dO, the gradient of the attention
+   output; the softmax backward's delta_i = attn_i . dO_i; per-program partial sums of grad_weight and grad_bias.
+2. one kernel, as the Triton fused-attention tutorial's: each program computes dK and dV for one key block
+   (walking the query blocks, recomputing P from q, k and the saved lse) and then dQ for one query block (walking
+   the key blocks). That costs the scores once more than a shared pass would, but needs no atomics, so every
+   gradient is deterministic. A few more programs sum the partials of grad_weight and grad_bias in a fixed order
+   and cast them: nothing runs between the kernels.
 
 Sizes: H is any value up to 512; tiles span BLOCK_H, the next power of two, with the columns past H masked. The
 accumulators always hold whole rows. The products over H that make scores (q.k, dO.v) either use tiles held for
@@ -23,27 +25,52 @@ element), stream QK_CHUNK columns at a time from memory (L2-resident after the f
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
-from ._common import INTERPRET, autotuners, check_launch, dot_precision, head_dim_block, mma, seq_bucket, to_dtype
+from . import attention_layernorm_matmul as matmul_plan
+from ._common import autotuners, cdiv, dot_precision, head_dim_block, launch_key, mma, seq_bucket, to_dtype
+from ._launch import Launcher
+from .layernorm import layernorm_bwd, reduce_launch, reduce_partials
+
+# Which plan runs, by head-dim block: "flash" (this file: whole-row fp32 accumulators, nothing but the statistics
+# through memory) or "matmul" (attention_layernorm_matmul.py: the products as GEMMs through torch, so cuBLAS with
+# full Tensor Core tiles; softmax, residual and LayerNorm in Triton row kernels). Untested on GPU: a first guess
+# from the H200's run 5, where the reference's cuBLAS products beat both fused backends from H = 256 on, because
+# whole-row accumulators force 16-32-row tiles there. benchmarks/device_check.sh's sweep with
+# LSTM_ATTN_TRITON_PLAN=flash and =matmul measures both; replace the guess with what it shows per dtype and T.
+# A single query row (the model's last step, Tq = 1) has no GEMM to gain: it always takes the flash plan.
+PLAN_BY_HEAD_DIM = {16: "flash", 32: "flash", 64: "flash", 128: "flash", 256: "matmul", 512: "matmul"}
+MATMUL_MIN_TQ = 16
+# LSTM_ATTN_TRITON_PLAN=flash|matmul overrides the table, for measuring both plans on one GPU.
+PLAN_OVERRIDE = os.environ.get("LSTM_ATTN_TRITON_PLAN") or None
+if PLAN_OVERRIDE not in (None, "flash", "matmul"):
+    raise ValueError(f"LSTM_ATTN_TRITON_PLAN must be 'flash' or 'matmul' (or unset for the table), "
+                     f"got {PLAN_OVERRIDE!r}")
 
 
-def _table(rows_by_class: dict) -> dict:
-    """{(head-dim blocks, float32?): [(BLOCK_M, BLOCK_N, num_warps, num_stages)]} -> {(block, float32?): configs}."""
-    return {(block_h, wide): [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
-                              for m, n, w, s in rows]
+def plan_for(H, Tq) -> str:
+    if PLAN_OVERRIDE is not None:
+        return PLAN_OVERRIDE
+    if Tq < MATMUL_MIN_TQ:
+        return "flash"
+    return PLAN_BY_HEAD_DIM[head_dim_block(H)]
+
+
+def _table(rows_by_class: dict, names: tuple[str, ...]) -> dict:
+    """{(head-dim blocks, float32?): [(*block sizes, num_warps, num_stages)]} -> {(block, float32?): configs}."""
+    return {(block_h, wide): [triton.Config(dict(zip(names, row[:-2])), num_warps=row[-2], num_stages=row[-1])
+                              for row in rows]
             for (blocks, wide), rows in rows_by_class.items() for block_h in blocks}
 
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages) for Hopper by (head-dim block, float32?), first entry the default.
-# Chosen from ptxas on sm_90 with Triton 3.6 (no GPU run yet). Every default fits shared memory and compiles without
-# register spills, except for H > 256 in dK/dV (float32: 28 bytes, 72 if H is not a multiple of 16; 16-bit with H
-# not a multiple of 16: 8 bytes) and float32 dQ (H not a multiple of 16: 12 bytes), and the float16 forward at
-# 128 < H <= 256 with H not a multiple of 16 (128 bytes). The alternatives are the autotuner's to weigh. In dK/dV,
-# BLOCK_N key rows own the two accumulators and BLOCK_M query rows stream; in the forward and dQ the reverse.
+# Configs for Hopper by (head-dim block, float32?), first entry the default. Chosen from ptxas on sm_90 with
+# Triton 3.6 (no GPU run yet). Forward: (BLOCK_M, BLOCK_N, num_warps, num_stages); every default fits shared memory
+# and compiles without register spills, except the float16 forward at 128 < H <= 256 with H not a multiple of 16
+# (128 bytes).
 _FWD_TABLE = _table({
     ((16, 32, 64), False): [(64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 2)],
     ((128,), False): [(64, 64, 8, 2), (128, 64, 8, 2), (64, 64, 4, 2)],
@@ -53,33 +80,33 @@ _FWD_TABLE = _table({
     ((128,), True): [(64, 32, 4, 2), (32, 32, 8, 2), (32, 32, 4, 2)],
     ((256,), True): [(16, 32, 8, 2), (32, 32, 8, 1), (32, 32, 8, 2)],
     ((512,), True): [(16, 16, 8, 2), (16, 32, 8, 2), (16, 16, 4, 2)],
-})
-_DQ_TABLE = _table({
-    ((16, 32, 64), False): [(64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 2)],
-    ((128,), False): [(64, 64, 8, 2), (128, 64, 8, 2), (64, 32, 4, 2)],
-    ((256,), False): [(64, 32, 8, 2), (32, 32, 8, 2), (64, 64, 8, 2)],
-    ((512,), False): [(16, 32, 8, 2), (32, 16, 8, 1), (16, 16, 8, 2)],
-    ((16, 32, 64), True): [(64, 32, 4, 2), (32, 32, 4, 2), (64, 64, 8, 2)],
-    ((128,), True): [(32, 32, 8, 2), (64, 32, 4, 2), (32, 32, 4, 2)],
-    ((256,), True): [(16, 16, 8, 2), (16, 32, 8, 2), (32, 16, 8, 2)],
-    ((512,), True): [(16, 16, 8, 1), (16, 16, 8, 2), (16, 32, 8, 1)],
-})
-_DKDV_TABLE = _table({
-    ((16, 32, 64), False): [(64, 64, 4, 3), (64, 64, 8, 3), (64, 32, 4, 2)],
-    ((128,), False): [(64, 32, 8, 2), (32, 64, 8, 2), (32, 32, 8, 2)],
-    ((256,), False): [(32, 16, 8, 2), (16, 32, 8, 2), (32, 32, 8, 2)],
-    ((512,), False): [(16, 32, 8, 2), (16, 16, 8, 1), (32, 16, 8, 2)],
-    ((16, 32), True): [(32, 64, 8, 2), (32, 64, 4, 2), (32, 32, 8, 2)],
-    ((64,), True): [(32, 32, 8, 2), (32, 64, 4, 2), (32, 64, 8, 2)],
-    ((128,), True): [(16, 32, 8, 2), (32, 16, 8, 2), (16, 16, 8, 2)],
-    ((256,), True): [(16, 16, 8, 2), (16, 16, 8, 1), (32, 16, 8, 1)],
-    ((512,), True): [(16, 16, 8, 1), (32, 16, 8, 1)],
-})
-_INTERPRETER_CONFIG = triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=1)
+}, ("BLOCK_M", "BLOCK_N"))
+# Backward: (BLOCK_M1, BLOCK_N1) are the dK/dV phase's query and key tiles (BLOCK_N1 key rows own the two
+# accumulators, BLOCK_M1 query rows stream), (BLOCK_M2, BLOCK_N2) the dQ phase's. Each row joins the tiles of the
+# former separate dK/dV and dQ kernels, with the dK/dV phase's warps where the two differed: the phases run one
+# after the other, so the fused kernel needs the larger phase's registers, not their sum. ptxas for sm_90 (Triton
+# 3.9's, run offline, no GPU) finds the defaults spill-free for 16-bit inputs at H = 64, 128, 256, 512 and float32
+# at H = 64, 128, 256 (for float32 at H = 128 only the second of the joined rows was, so it leads); they spill at
+# float32 H = 512 (368 bytes) and where H is not a multiple of 16 (H = 59: 24 bytes 16-bit, 60 float32; H = 200:
+# 128 and 140). Not yet run on a GPU.
+_BWD_TABLE = _table({
+    ((16, 32, 64), False): [(64, 64, 64, 64, 4, 3), (64, 64, 128, 64, 8, 3), (64, 32, 64, 32, 4, 2)],
+    ((128,), False): [(64, 32, 64, 64, 8, 2), (32, 64, 128, 64, 8, 2), (32, 32, 64, 32, 8, 2)],
+    ((256,), False): [(32, 16, 64, 32, 8, 2), (16, 32, 32, 32, 8, 2), (32, 32, 64, 64, 8, 2)],
+    ((512,), False): [(16, 32, 16, 32, 8, 2), (16, 16, 32, 16, 8, 1), (32, 16, 16, 16, 8, 2)],
+    ((16, 32), True): [(32, 64, 64, 32, 8, 2), (32, 64, 32, 32, 4, 2), (32, 32, 64, 64, 8, 2)],
+    ((64,), True): [(32, 32, 64, 32, 8, 2), (32, 64, 32, 32, 4, 2), (32, 64, 64, 64, 8, 2)],
+    ((128,), True): [(32, 16, 64, 32, 8, 2), (16, 32, 32, 32, 8, 2), (16, 16, 32, 32, 8, 2)],
+    ((256,), True): [(16, 16, 16, 16, 8, 2), (16, 16, 16, 32, 8, 1), (32, 16, 32, 16, 8, 1)],
+    ((512,), True): [(16, 16, 16, 16, 8, 1), (32, 16, 16, 16, 8, 1)],
+}, ("BLOCK_M1", "BLOCK_N1", "BLOCK_M2", "BLOCK_N2"))
+_INTERPRETER_FWD = triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=1)
+_INTERPRETER_BWD = triton.Config({"BLOCK_M1": 64, "BLOCK_N1": 64, "BLOCK_M2": 64, "BLOCK_N2": 64}, num_warps=4,
+                                 num_stages=1)
 _KEY = ["TQ_BUCKET", "TK_BUCKET"]
-# Lengths take no integer specialization (== 1, multiple of 16): it would buy nothing here (H, which sets the
+# Sizes take no integer specialization (== 1, multiple of 16): it would buy nothing here (H, which sets the
 # alignment, keeps its own) and would multiply the variants compiled for every head-dim block and dtype.
-_SIZES = ["Tq", "Tk", "TQ_BUCKET", "TK_BUCKET"]
+_SIZES = ["B", "Tq", "Tk", "TQ_BUCKET", "TK_BUCKET", "num_partials"]
 # Columns per streamed step of a score product (see the module docstring).
 _QK_CHUNK = 64
 
@@ -99,10 +126,10 @@ def _scores_streamed(A, a_rows, a_mask, B, b_rows, b_mask, H,
     return s
 
 
-@triton.jit(do_not_specialize=_SIZES)
+@triton.jit(do_not_specialize=["B", "Tq", "Tk", "TQ_BUCKET", "TK_BUCKET"])
 def _attention_layernorm_fwd_kernel(
-    Q, K, V, RESIDUAL, WEIGHT, BIAS, OUT, ATTN, LSE, MEAN, RSTD,
-    Tq, Tk, H, scale, eps,
+    Q, K, V, RESIDUAL, WEIGHT, BIAS, OUT, ATTN, STATS,
+    B, Tq, Tk, H, scale, eps,
     TQ_BUCKET, TK_BUCKET,  # autotuning keys only
     BLOCK_H: tl.constexpr, QK_CHUNK: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -172,70 +199,19 @@ def _attention_layernorm_fwd_kernel(
     out = centred * rstd[:, None] * weight[None, :] + bias[None, :]
     tl.store(OUT + q_offs, to_dtype(out, OUT.dtype.element_ty), mask=q_mask)
 
+    rows = B * Tq
     stats = b * Tq + offs_m
-    tl.store(LSE + stats, m_i + tl.log(l_i), mask=m_mask)
-    tl.store(MEAN + stats, mean, mask=m_mask)
-    tl.store(RSTD + stats, rstd, mask=m_mask)
+    tl.store(STATS + stats, m_i + tl.log(l_i), mask=m_mask)
+    tl.store(STATS + rows + stats, mean, mask=m_mask)
+    tl.store(STATS + 2 * rows + stats, rstd, mask=m_mask)
 
 
-@triton.jit(do_not_specialize=["rows"])
-def _layernorm_bwd_kernel(
-    GRAD_OUT, ATTN, RESIDUAL, WEIGHT, MEAN, RSTD, GRAD_RESIDUAL, DELTA, PARTIALS,
-    rows, H,
-    BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr,
-):
-    pid = tl.program_id(0)
-    first_row = pid.to(tl.int64) * BLOCK_R
-    base = first_row * H
-    offs_r = tl.arange(0, BLOCK_R)
-    offs_h = tl.arange(0, BLOCK_H)
-    r_mask = first_row + offs_r < rows
-    h_mask = offs_h < H
-    mask = r_mask[:, None] & h_mask[None, :]
-    offs = offs_r[:, None] * H + offs_h[None, :]
-
-    grad_out = tl.load(GRAD_OUT + base + offs, mask=mask, other=0.0).to(tl.float32)
-    attn = tl.load(ATTN + base + offs, mask=mask, other=0.0).to(tl.float32)
-    residual = tl.load(RESIDUAL + base + offs, mask=mask, other=0.0).to(tl.float32)
-    mean = tl.load(MEAN + first_row + offs_r, mask=r_mask, other=0.0)
-    rstd = tl.load(RSTD + first_row + offs_r, mask=r_mask, other=0.0)
-    weight = tl.load(WEIGHT + offs_h, mask=h_mask, other=0.0).to(tl.float32)
-
-    xhat = tl.where(mask, (attn + residual - mean[:, None]) * rstd[:, None], 0.0)
-    g = grad_out * weight[None, :]
-    mean_gx = tl.sum(g * xhat, 1) / H
-    mean_g = tl.sum(g, 1) / H
-    dy = tl.where(mask, (g - xhat * mean_gx[:, None] - mean_g[:, None]) * rstd[:, None], 0.0)
-    dy = to_dtype(dy, GRAD_RESIDUAL.dtype.element_ty)
-    tl.store(GRAD_RESIDUAL + base + offs, dy, mask=mask)
-    # delta = attn . dO with dO as the attention kernels will read it (in the input dtype).
-    tl.store(DELTA + first_row + offs_r, tl.sum(attn * dy.to(tl.float32), 1), mask=r_mask)
-
-    # This program's share of grad_weight (row pid) and grad_bias (row num_programs + pid).
-    tl.store(PARTIALS + pid * H + offs_h, tl.sum(grad_out * xhat, 0), mask=h_mask)
-    tl.store(PARTIALS + (tl.num_programs(0) + pid) * H + offs_h, tl.sum(grad_out, 0), mask=h_mask)
-
-
-@triton.jit(do_not_specialize=_SIZES)
-def _attention_bwd_dkdv_kernel(
-    Q, K, V, DO, LSE, DELTA, DK, DV,
-    Tq, Tk, H, scale,
-    TQ_BUCKET, TK_BUCKET,  # autotuning keys only
-    BLOCK_H: tl.constexpr, QK_CHUNK: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    scale = tl.cast(scale, tl.float32)  # float64 when Inductor launches it (see the forward)
-    num_n_blocks = tl.cdiv(Tk, BLOCK_N)
-    b = (tl.program_id(0) // num_n_blocks).to(tl.int64)
-    Q += b * Tq * H
-    DO += b * Tq * H
-    K += b * Tk * H
-    V += b * Tk * H
-    DK += b * Tk * H
-    DV += b * Tk * H
-    LSE += b * Tq
-    DELTA += b * Tq
-    offs_n = (tl.program_id(0) % num_n_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
+@triton.jit
+def _bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, Tq, Tk, H, scale, start_n,
+              BLOCK_H: tl.constexpr, QK_CHUNK: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """dK and dV of the keys start_n .. start_n + BLOCK_N (pointers at the batch row)."""
+    offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     offs_h = tl.arange(0, BLOCK_H)
     n_mask = offs_n < Tk
@@ -272,23 +248,12 @@ def _attention_bwd_dkdv_kernel(
     tl.store(DV + kv_offs, to_dtype(dv, DV.dtype.element_ty), mask=kv_mask)
 
 
-@triton.jit(do_not_specialize=_SIZES)
-def _attention_bwd_dq_kernel(
-    Q, K, V, DO, LSE, DELTA, DQ,
-    Tq, Tk, H, scale,
-    TQ_BUCKET, TK_BUCKET,  # autotuning keys only
-    BLOCK_H: tl.constexpr, QK_CHUNK: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    scale = tl.cast(scale, tl.float32)  # float64 when Inductor launches it (see the forward)
-    num_m_blocks = tl.cdiv(Tq, BLOCK_M)
-    b = (tl.program_id(0) // num_m_blocks).to(tl.int64)
-    Q += b * Tq * H
-    DO += b * Tq * H
-    DQ += b * Tq * H
-    K += b * Tk * H
-    V += b * Tk * H
-    offs_m = (tl.program_id(0) % num_m_blocks) * BLOCK_M + tl.arange(0, BLOCK_M)
+@triton.jit
+def _bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, Tq, Tk, H, scale, start_m,
+            BLOCK_H: tl.constexpr, QK_CHUNK: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """dQ of the queries start_m .. start_m + BLOCK_M (pointers at the batch row)."""
+    offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_h = tl.arange(0, BLOCK_H)
     m_mask = offs_m < Tq
@@ -299,8 +264,8 @@ def _attention_bwd_dq_kernel(
     if QK_CHUNK == BLOCK_H:
         q = tl.load(Q + q_offs, mask=q_mask, other=0.0)
         do = tl.load(DO + q_offs, mask=q_mask, other=0.0)
-    lse = tl.load(LSE + b * Tq + offs_m, mask=m_mask, other=0.0)
-    delta = tl.load(DELTA + b * Tq + offs_m, mask=m_mask, other=0.0)
+    lse = tl.load(LSE + offs_m, mask=m_mask, other=0.0)
+    delta = tl.load(DELTA + offs_m, mask=m_mask, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_H], tl.float32)
     for start_n in range(0, Tk, BLOCK_N):
         n = start_n + offs_n
@@ -320,79 +285,131 @@ def _attention_bwd_dq_kernel(
     tl.store(DQ + q_offs, to_dtype(dq * scale, DQ.dtype.element_ty), mask=q_mask)
 
 
-_FWD = autotuners(_attention_layernorm_fwd_kernel, _FWD_TABLE, _INTERPRETER_CONFIG, _KEY)
-_DKDV = autotuners(_attention_bwd_dkdv_kernel, _DKDV_TABLE, _INTERPRETER_CONFIG, _KEY)
-_DQ = autotuners(_attention_bwd_dq_kernel, _DQ_TABLE, _INTERPRETER_CONFIG, _KEY)
+@triton.jit(do_not_specialize=["B", "Tq", "Tk", "num_partials", "TQ_BUCKET", "TK_BUCKET"])
+def _attention_bwd_kernel(
+    Q, K, V, DO, STATS, WORKSPACE, DQ, DK, DV, GRAD_WEIGHT, GRAD_BIAS,
+    B, Tq, Tk, H, scale, num_partials,
+    TQ_BUCKET, TK_BUCKET,  # autotuning keys only
+    BLOCK_H: tl.constexpr, QK_CHUNK: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    RED_ROWS: tl.constexpr, RED_COLS: tl.constexpr,
+    BLOCK_M1: tl.constexpr, BLOCK_N1: tl.constexpr, BLOCK_M2: tl.constexpr, BLOCK_N2: tl.constexpr,
+):
+    scale = tl.cast(scale, tl.float32)  # float64 when Inductor launches it (see the forward)
+    # The first programs sum the grad_weight/grad_bias partials: low program ids start first, so this short
+    # loop runs beside the attention programs instead of trailing them.
+    reduce_programs = tl.cdiv(H, RED_COLS)
+    pid = tl.program_id(0)
+    if pid < reduce_programs:
+        reduce_partials(WORKSPACE, num_partials, H, GRAD_WEIGHT, GRAD_BIAS, pid, RED_ROWS, RED_COLS)
+    else:
+        pid -= reduce_programs
+        num_blocks = tl.maximum(tl.cdiv(Tk, BLOCK_N1), tl.cdiv(Tq, BLOCK_M2))
+        b = (pid // num_blocks).to(tl.int64)
+        block = pid % num_blocks
+        q_off = b * Tq * H
+        kv_off = b * Tk * H
+        LSE = STATS + b * Tq
+        DELTA = WORKSPACE + 2 * num_partials * H + b * Tq
+        if block * BLOCK_N1 < Tk:
+            _bwd_dkdv(Q + q_off, K + kv_off, V + kv_off, DO + q_off, LSE, DELTA, DK + kv_off, DV + kv_off,
+                      Tq, Tk, H, scale, block * BLOCK_N1, BLOCK_H, QK_CHUNK, INPUT_PRECISION, BLOCK_M1, BLOCK_N1)
+        if block * BLOCK_M2 < Tq:
+            _bwd_dq(Q + q_off, K + kv_off, V + kv_off, DO + q_off, LSE, DELTA, DQ + q_off,
+                    Tq, Tk, H, scale, block * BLOCK_M2, BLOCK_H, QK_CHUNK, INPUT_PRECISION, BLOCK_M2, BLOCK_N2)
 
 
-def _layernorm_bwd_launch(block_h: int) -> tuple[int, int]:
-    """(rows per program, num_warps) of the LayerNorm backward. Fixed rather than tuned: the number of programs
-    sizes the grad_weight/grad_bias partials buffer, allocated before the launch. On a GPU about 16 elements of
-    each row tile per thread; the interpreter takes big tiles, since each program costs Python time."""
-    if INTERPRET:
-        return max(1, 16384 // block_h), 4
-    num_warps = 4 if block_h <= 128 else 8
-    return max(1, 16 * 32 * num_warps // block_h), num_warps
+_FWD = Launcher(autotuners(_attention_layernorm_fwd_kernel, _FWD_TABLE, _INTERPRETER_FWD, _KEY, "attention_fwd"))
+_BWD = Launcher(autotuners(_attention_bwd_kernel, _BWD_TABLE, _INTERPRETER_BWD, _KEY, "attention_bwd"))
 
 
-def _attention_launch(q, H: int) -> tuple[tuple, dict]:
-    """What the three attention kernels share: the autotuners' key (head-dim block, float32 or not) and the launch
-    arguments that follow from the shapes and dtype."""
+def _attention_spec(q, H, grid, **extra):
+    """The launch class (head-dim block, float32 or not), grid and constexprs of an attention kernel."""
     block_h = head_dim_block(H)
     wide = q.dtype == torch.float32
     # Score products stream their operands unless a whole-row tile is cheap to hold (see the module docstring).
     resident = block_h <= _QK_CHUNK or (not wide and H % 16 == 0)
-    meta = dict(BLOCK_H=block_h, QK_CHUNK=block_h if resident else _QK_CHUNK, INPUT_PRECISION=dot_precision(q.dtype))
-    return (block_h, wide), meta
+    return (block_h, wide), grid, dict(BLOCK_H=block_h, QK_CHUNK=block_h if resident else _QK_CHUNK,
+                                       INPUT_PRECISION=dot_precision(q.dtype), **extra)
 
 
-def attention_layernorm_fwd(q, k, v, residual, weight, bias, eps: float, scale: float):
-    """-> out, attn (B, Tq, H) in the input dtype; lse, mean, rstd (B, Tq) float32."""
-    q, k, v, residual, weight, bias = (t.contiguous() for t in (q, k, v, residual, weight, bias))
+def attention_layernorm_fwd(q, k, v, residual, weight, bias, eps: float, scale: float, traced: bool = False):
+    """-> out, attn (B, Tq, H) in the input dtype; stats (3, B, Tq) float32: lse, mean, rstd.
+
+    Inputs must be contiguous and of a size and dtype the kernels take (check_launch). traced=True launches through
+    wrap_triton (inside the triton_op bodies that torch.compile and export trace); otherwise through the plans."""
     B, Tq, H = q.shape
     Tk = k.shape[1]
-    check_launch("attention_layernorm", q.dtype, Tq=Tq, Tk=Tk, H=H)
+    if plan_for(H, Tq) == "matmul":
+        return matmul_plan.attention_layernorm_fwd(q, k, v, residual, weight, bias, eps, scale, traced)
     out = torch.empty_like(q)
     attn = torch.empty_like(q)
-    lse, mean, rstd = (q.new_empty((B, Tq), dtype=torch.float32) for _ in range(3))
+    stats = torch.empty((3, B, Tq), dtype=torch.float32, device=q.device)
     if B == 0:
-        return out, attn, lse, mean, rstd
-    kernel_class, meta = _attention_launch(q, H)
-    wrap_triton(_FWD[kernel_class])[lambda cfg: (triton.cdiv(Tq, cfg["BLOCK_M"]) * B,)](
-        q, k, v, residual, weight, bias, out, attn, lse, mean, rstd,
-        Tq, Tk, H, scale, eps, seq_bucket(Tq), seq_bucket(Tk), **meta)
-    return out, attn, lse, mean, rstd
+        return out, attn, stats
+    args = (q, k, v, residual, weight, bias, out, attn, stats, B, Tq, Tk, H, scale, eps, seq_bucket(Tq), seq_bucket(Tk))
+
+    def spec():
+        return _attention_spec(q, H, lambda cfg: (cdiv(Tq, cfg["BLOCK_M"]) * B,))
+
+    if traced:
+        _FWD.traced(args, spec)
+    else:
+        _FWD(launch_key(q, k, (q, k, v, residual, weight, bias)), args, spec)
+    return out, attn, stats
 
 
-def attention_layernorm_bwd(grad_out, q, k, v, residual, weight, attn, lse, mean, rstd, scale: float):
-    """-> grad_q, grad_k, grad_v, grad_residual (input shapes and dtype), grad_weight, grad_bias (H,)."""
-    grad_out, q, k, v, residual, weight, attn, lse, mean, rstd = (
-        t.contiguous() for t in (grad_out, q, k, v, residual, weight, attn, lse, mean, rstd))
+def attention_layernorm_bwd(grad_out, q, k, v, residual, weight, attn, stats, scale: float, traced: bool = False):
+    """-> grad_q, grad_k, grad_v, grad_residual (input shapes and dtype), grad_weight, grad_bias (H,).
+
+    Inputs as in attention_layernorm_fwd."""
     B, Tq, H = q.shape
     Tk = k.shape[1]
-    check_launch("attention_layernorm", q.dtype, Tq=Tq, Tk=Tk, H=H)
+    # One key for the backward's launches: grad_out comes from outside too.
+    key = None if traced else launch_key(q, k, (grad_out, q, k, v, residual, weight))
+    if plan_for(H, Tq) == "matmul":
+        return matmul_plan.attention_layernorm_bwd(grad_out, q, k, v, residual, weight, attn, stats, scale, key)
     grad_q = torch.empty_like(q)
     grad_k = torch.empty_like(k)
     grad_v = torch.empty_like(v)
-    grad_residual = torch.empty_like(residual)
-    delta = q.new_empty((B, Tq), dtype=torch.float32)
-    block_h = head_dim_block(H)
-    rows_per_program, num_warps = _layernorm_bwd_launch(block_h)
-    # Rows 0..n-1: grad_weight partials, rows n..2n-1: grad_bias partials, one pair per program.
-    num_programs = triton.cdiv(B * Tq, rows_per_program)
-    partials = q.new_empty((2, num_programs, H), dtype=torch.float32)
-    if B > 0:
-        wrap_triton(_layernorm_bwd_kernel)[(num_programs,)](
-            grad_out, attn, residual, weight, mean, rstd, grad_residual, delta, partials, B * Tq, H,
-            BLOCK_R=rows_per_program, BLOCK_H=block_h, num_warps=num_warps)
-        kernel_class, meta = _attention_launch(q, H)
-        args = (Tq, Tk, H, scale, seq_bucket(Tq), seq_bucket(Tk))
-        # grad_residual is dO: LayerNorm's input gradient is the attention output's gradient.
-        wrap_triton(_DKDV[kernel_class])[lambda cfg: (triton.cdiv(Tk, cfg["BLOCK_N"]) * B,)](
-            q, k, v, grad_residual, lse, delta, grad_k, grad_v, *args, **meta)
-        wrap_triton(_DQ[kernel_class])[lambda cfg: (triton.cdiv(Tq, cfg["BLOCK_M"]) * B,)](
-            q, k, v, grad_residual, lse, delta, grad_q, *args, **meta)
-    # A fixed-order reduction over the partials (torch's sum is deterministic on a given device).
-    grad_weight = partials[0].sum(0).to(weight.dtype)
-    grad_bias = partials[1].sum(0).to(weight.dtype)
+    grad_weight = torch.empty_like(weight)
+    grad_bias = torch.empty_like(weight)
+    if B == 0:
+        return grad_q, grad_k, grad_v, torch.empty_like(residual), grad_weight.zero_(), grad_bias.zero_()
+    grad_residual, workspace, num_partials = layernorm_bwd(grad_out, attn, residual, weight, stats, key)
+    # grad_residual is dO: LayerNorm's input gradient is the attention output's gradient.
+    args = (q, k, v, grad_residual, stats, workspace, grad_q, grad_k, grad_v, grad_weight, grad_bias,
+            B, Tq, Tk, H, scale, num_partials, seq_bucket(Tq), seq_bucket(Tk))
+
+    def spec():
+        red_rows, red_cols = reduce_launch(head_dim_block(H))
+        # The partials' programs first (see the kernel), then the attention programs of every batch row.
+        grid = lambda cfg: (cdiv(H, red_cols) + B * max(cdiv(Tk, cfg["BLOCK_N1"]),  # noqa: E731
+                                                               cdiv(Tq, cfg["BLOCK_M2"])),)
+        return _attention_spec(q, H, grid, RED_ROWS=red_rows, RED_COLS=red_cols)
+
+    if key is None:
+        _BWD.traced(args, spec)
+    else:
+        _BWD(key, args, spec)
     return grad_q, grad_k, grad_v, grad_residual, grad_weight, grad_bias
+
+
+class AttentionLayerNormFunction(torch.autograd.Function):
+    """The eager path of lstm_attn.attention_layernorm(backend="triton"): the launchers under a plain
+    autograd.Function, whose host cost is a fraction of torch.library's custom-op and autograd layers.
+    torch.compile and export take the triton_op registration in lstm_attn.ops instead; both run these launchers
+    and kernels, so both give bitwise the same results."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, residual, weight, bias, eps: float, scale: float):
+        out, attn, stats = attention_layernorm_fwd(q, k, v, residual, weight, bias, eps, scale)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(q, k, v, residual, weight, attn, stats)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        if grad_out is None:
+            return (None,) * 8
+        return (*attention_layernorm_bwd(grad_out.contiguous(), *ctx.saved_tensors, ctx.scale), None, None)

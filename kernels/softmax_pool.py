@@ -15,9 +15,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
-from ._common import HEAD_DIM_BLOCKS, autotuners, check_launch, head_dim_block, seq_bucket, to_dtype
+from ._common import HEAD_DIM_BLOCKS, alignment, autotuners, head_dim_block, seq_bucket, to_dtype
+from ._launch import Launcher
 
 
 def _configs(elements_and_warps, block_h):
@@ -124,33 +124,61 @@ def _softmax_pool_bwd_kernel(
     tl.store(GRAD_C + b, to_dtype(sum_ds - correction * sum_p, GRAD_C.dtype.element_ty))
 
 
-_FWD = autotuners(_softmax_pool_fwd_kernel, _TABLE, _INTERPRETER_CONFIG, _KEY)
-_BWD = autotuners(_softmax_pool_bwd_kernel, _TABLE, _INTERPRETER_CONFIG, _KEY)
+_FWD = Launcher(autotuners(_softmax_pool_fwd_kernel, _TABLE, _INTERPRETER_CONFIG, _KEY, "softmax_pool_fwd"))
+_BWD = Launcher(autotuners(_softmax_pool_bwd_kernel, _TABLE, _INTERPRETER_CONFIG, _KEY, "softmax_pool_bwd"))
 
 
-def softmax_pool_fwd(x, u, c):
-    """-> pooled (B, H) in the input dtype, lse (B,) float32."""
-    x, u, c = x.contiguous(), u.contiguous(), c.contiguous()
+def _launch(launcher: Launcher, x, args: tuple, aligned: tuple, traced: bool) -> None:
+    """One program per batch row; the plan key (see _launch.py) holds what the block and autotuner key follow from,
+    and the alignment of the arguments from outside."""
     B, T, H = x.shape
-    check_launch("softmax_pool", x.dtype, T=T, H=H)
-    pooled = x.new_empty((B, H))
-    lse = x.new_empty((B,), dtype=torch.float32)
-    block_h = head_dim_block(H)
+
+    def spec():
+        return head_dim_block(H), (B,), dict(BLOCK_H=head_dim_block(H))
+
+    if traced:
+        launcher.traced(args, spec)
+    else:
+        launcher((x.device, x.dtype, B, T, H, alignment(*aligned)), args, spec)
+
+
+def softmax_pool_fwd(x, u, c, traced: bool = False):
+    """-> pooled (B, H) in the input dtype, lse (B,) float32. Inputs must be contiguous and of a size and dtype the
+    kernels take (check_launch); traced=True launches through wrap_triton (inside the triton_op bodies), otherwise
+    through the launch plans."""
+    B, T, H = x.shape
+    pooled = torch.empty_like(u)
+    lse = torch.empty(B, dtype=torch.float32, device=x.device)
     if B > 0:
-        wrap_triton(_FWD[block_h])[(B,)](x, u, c, pooled, lse, T, H, seq_bucket(T), BLOCK_H=block_h)
+        _launch(_FWD, x, (x, u, c, pooled, lse, T, H, seq_bucket(T)), (x, u, c), traced)
     return pooled, lse
 
 
-def softmax_pool_bwd(grad_pooled, x, u, c, pooled, lse):
-    """-> grad_x (B, T, H), grad_u (B, H), grad_c (B,), in the input dtype."""
-    grad_pooled, x, u, c, pooled, lse = (t.contiguous() for t in (grad_pooled, x, u, c, pooled, lse))
+def softmax_pool_bwd(grad_pooled, x, u, c, pooled, lse, traced: bool = False):
+    """-> grad_x (B, T, H), grad_u (B, H), grad_c (B,), in the input dtype. Inputs must be contiguous."""
     B, T, H = x.shape
-    check_launch("softmax_pool", x.dtype, T=T, H=H)
     grad_x = torch.empty_like(x)
     grad_u = torch.empty_like(u)
     grad_c = torch.empty_like(c)
-    block_h = head_dim_block(H)
     if B > 0:
-        wrap_triton(_BWD[block_h])[(B,)](grad_pooled, x, u, c, pooled, lse, grad_x, grad_u, grad_c, T, H,
-                                         seq_bucket(T), BLOCK_H=block_h)
+        _launch(_BWD, x, (grad_pooled, x, u, c, pooled, lse, grad_x, grad_u, grad_c, T, H, seq_bucket(T)),
+                (grad_pooled, x, u, c), traced)
     return grad_x, grad_u, grad_c
+
+
+class SoftmaxPoolFunction(torch.autograd.Function):
+    """The eager path of lstm_attn.softmax_pool(backend="triton"): the launchers under a plain autograd.Function
+    (torch.compile and export take the triton_op registration in lstm_attn.ops instead)."""
+
+    @staticmethod
+    def forward(ctx, x, u, c):
+        pooled, lse = softmax_pool_fwd(x, u, c)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(x, u, c, pooled, lse)
+        return pooled
+
+    @staticmethod
+    def backward(ctx, grad_pooled):
+        if grad_pooled is None:
+            return None, None, None
+        return softmax_pool_bwd(grad_pooled.contiguous(), *ctx.saved_tensors)

@@ -149,12 +149,18 @@ def _extension_softmax_pool(x, u, c):
     return torch.ops.lstm_attn.softmax_pool_fwd(x, u, c)[0]
 
 
+# Triton: torch.compile and export trace the triton_op registrations; eager calls take a plain autograd.Function
+# over the same launchers and kernels (bitwise the same results), at a fraction of the custom-op layers' host cost.
 def _triton_attention_layernorm(q, k, v, residual, weight, bias, eps, scale):
-    return torch.ops.lstm_attn.triton_attention_layernorm_fwd(q, k, v, residual, weight, bias, eps, scale)[0]
+    if torch.compiler.is_compiling():
+        return torch.ops.lstm_attn.triton_attention_layernorm_fwd(q, k, v, residual, weight, bias, eps, scale)[0]
+    return ops.triton_kernels.AttentionLayerNormFunction.apply(q, k, v, residual, weight, bias, eps, scale)
 
 
 def _triton_softmax_pool(x, u, c):
-    return torch.ops.lstm_attn.triton_softmax_pool_fwd(x, u, c)[0]
+    if torch.compiler.is_compiling():
+        return torch.ops.lstm_attn.triton_softmax_pool_fwd(x, u, c)[0]
+    return ops.triton_kernels.SoftmaxPoolFunction.apply(x, u, c)
 
 
 def _dropout_mask(x: Tensor, layers: int, hidden_size: int, p: float, training: bool) -> Tensor | None:
@@ -215,11 +221,25 @@ def check_backend_name(backend: str) -> None:
         raise ValueError(f"backend must be 'auto' or one of {', '.join(map(repr, BACKENDS))}; got {backend!r}")
 
 
+# resolve's answers by (backend, device, dtype, head_dim, op). Nothing a choice depends on changes in a running
+# process (what was built, the devices, KNOWN_FAILURES), and every eager op call asks: on the triton path the
+# uncached choice cost about a tenth of the call's host time.
+_RESOLVED: dict[tuple, Backend] = {}
+
+
 def resolve(backend: str, device, dtype: torch.dtype, head_dim: int, op: str = "attention") -> Backend:
     """The backend that will run for these inputs; a clear error if the one asked for cannot.
 
     op: "attention" (attention_layernorm and softmax_pool; head_dim is H) or "lstm" (head_dim is the hidden size).
     """
+    key = (backend, device, dtype, head_dim, op)
+    chosen = _RESOLVED.get(key)
+    if chosen is None:
+        chosen = _RESOLVED[key] = _resolve(backend, device, dtype, head_dim, op)
+    return chosen
+
+
+def _resolve(backend: str, device, dtype: torch.dtype, head_dim: int, op: str) -> Backend:
     check_backend_name(backend)
     device = _as_device(device)
     if backend == "auto":

@@ -17,6 +17,8 @@ COMMANDS = {
     "profile": ("lstm_attn.bench.profile", "split one forward+backward call's time into host and device time, "
                 "and name the heaviest kernels"),
     "report": ("lstm_attn.bench.report", "merge benchmark JSON files into a markdown table and plots"),
+    "kernels": ("lstm_attn.bench.kernels", "registers, shared memory, spills and blocks per SM of every CUDA kernel "
+                "in the built extension, read from the binary (no GPU needed)"),
 }
 
 

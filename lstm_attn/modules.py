@@ -2,8 +2,9 @@
 
 Constructor arguments, submodules and state_dict keys are the seed's, so a checkpoint moves both ways
 with load_state_dict(strict=True); the one addition is `backend`, which picks the kernels of
-lstm_attn.softmax_pool / lstm_attn.attention_layernorm and, where it resolves to fused LSTM kernels (cuda), of
-the LSTM: the nn.LSTM submodule's weights then run through lstm_attn.lstm.
+lstm_attn.softmax_pool / lstm_attn.attention_layernorm (see AttentionLayer for its full-sequence output) and,
+where it resolves to fused LSTM kernels (cuda), of the LSTM: the nn.LSTM submodule's weights then run through
+lstm_attn.lstm.
 
 The seed's forward reads only the last row of the attention output. For that row attention collapses,
 exactly, to a softmax-weighted mean of the LSTM output (AttentionLayer.last_step), so the model never
@@ -22,7 +23,7 @@ from torch import Tensor
 from torch.nn import LayerNorm
 
 from lstm_attn import host
-from lstm_attn.backends import check_backend_name, model_uses_lstm_op
+from lstm_attn.backends import check_backend_name, model_uses_lstm_op, resolve
 from lstm_attn.functional import attention_layernorm, softmax_pool
 from lstm_attn.functional import lstm as lstm_op
 
@@ -55,7 +56,16 @@ def _run_lstm(lstm: nn.LSTM, x: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
 
 
 class AttentionLayer(nn.Module):
-    """The seed's single-head self-attention: softmax(Q K^T * scale) V with Q, K, V linear in x."""
+    """The seed's single-head self-attention: softmax(Q K^T * scale) V with Q, K, V linear in x.
+
+    Which kernels run, by backend:
+      last_step (what LSTMWithAttention.forward uses): lstm_attn.softmax_pool on `backend`, every backend.
+      forward (the whole (B, T, H) output, which the seed's model computes and then mostly drops): "reference"
+        runs the seed's arithmetic; every other backend runs PyTorch's F.scaled_dot_product_attention, since the
+        package's kernels fuse attention with the residual and LayerNorm (LSTMWithAttention.sequence_features)
+        and have no bare-attention output. A named backend must still be able to run on the input's device and
+        dtype: one that cannot is refused with the op's own error, never silently replaced.
+    """
 
     def __init__(self, hidden_size, backend="auto"):
         super().__init__()
@@ -69,9 +79,12 @@ class AttentionLayer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """The full attention output, (B, T, H) -> (B, T, H), as the seed's."""
         q, k, v = self.query(x), self.key(x), self.value(x)
-        if _kernel_backend(self.backend) == "reference":
+        backend = _kernel_backend(self.backend)
+        if backend == "reference":
             weights = torch.softmax(torch.matmul(q, k.transpose(-2, -1)) * self.scale, dim=-1)
             return torch.matmul(weights, v)
+        if backend != "auto":
+            resolve(backend, q.device, q.dtype, q.shape[-1])  # the op's error where this backend cannot run
         # Seen as one head of a 4-D batch, the CPU and GPU flash kernels take it: they never store the
         # (T, T) weights, unlike the 3-D path, which falls back to the unfused math.
         out = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), scale=self.scale)

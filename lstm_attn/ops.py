@@ -3,7 +3,8 @@
 Three ops, each a forward and a backward:
 - attention_layernorm: layer_norm(softmax(q k^T * scale) v + residual). The forward also returns what the
   backward recomputes from: the attention output before the residual (B, Tq, H, input dtype) and three
-  row statistics (B, Tq), float32 (float64 for float64 inputs): the log-sum-exp of the scaled scores, the LayerNorm mean and rstd.
+  row statistics (B, Tq), float32 (float64 for float64 inputs): the log-sum-exp of the scaled scores, the LayerNorm
+  mean and rstd (the Triton op returns the three as one (3, B, Tq) buffer).
 - softmax_pool: sum_j softmax_j(x_j . u + c) x_j, the memory-bound middle of the model's exact last-step
   path. Its forward also returns the log-sum-exp of the scores (B,), float32 (float64 for float64 inputs).
 - lstm: nn.LSTM(batch_first=True) over its flat weights, with an explicit dropout mask. Its forward also returns,
@@ -12,7 +13,8 @@ Three ops, each a forward and a backward:
 
 The C++ schemas live in csrc/ops.cpp, with CPU kernels beside them and CUDA kernels in csrc/cuda/; the
 Triton kernels live in lstm_attn.kernels and are registered here as triton_ops under their own names, so
-torch.compile sees through both. This module only registers; backends.py decides which op runs.
+torch.compile sees through both. This module only registers; backends.py decides which op runs (and, for Triton
+in eager mode, takes lstm_attn.kernels' autograd.Functions instead of these registrations).
 """
 
 from __future__ import annotations
@@ -88,9 +90,9 @@ def _fake_lstm_bwd(grad_output, grad_h_n, grad_c_n, x, weights, h0, c0, dropout_
 def _register_attention_layernorm_autograd(fwd_name: str, bwd_op) -> None:
     def setup_context(ctx, inputs, output):
         q, k, v, residual, weight, bias, eps, scale = inputs
-        out, attn, lse, mean, rstd = output
-        ctx.mark_non_differentiable(attn, lse, mean, rstd)
-        ctx.save_for_backward(q, k, v, residual, weight, attn, lse, mean, rstd)
+        out, attn, stats = output
+        ctx.mark_non_differentiable(attn, stats)
+        ctx.save_for_backward(q, k, v, residual, weight, attn, stats)
         ctx.scale = scale
 
     def backward(ctx, grad_out, *_unused_statistics_grads):
@@ -124,29 +126,40 @@ if EXTENSION_ERROR is None:
 
 
 if TRITON_ERROR is None:
-    # triton_op traces its body (allocations plus wrap_triton launches) for torch.compile and runs it under
-    # fake tensors for shapes, so these need no separate fake rule.
+    # The registration torch.compile, export and opcheck see; eager calls take the plain autograd.Functions of
+    # lstm_attn.kernels over the same launchers (backends.py chooses), which cost far less host time. triton_op
+    # traces its body (allocations plus wrap_triton launches, hence traced=True) for torch.compile and runs it
+    # under fake tensors for shapes, so these need no separate fake rule. The Triton forward returns the row
+    # statistics as one (3, B, Tq) buffer: lse, mean, rstd.
+    def _check_attention(q: Tensor, k: Tensor) -> None:
+        triton_kernels.check_launch("attention_layernorm", q.dtype, Tq=q.shape[1], Tk=k.shape[1], H=q.shape[2])
+
     @torch.library.triton_op("lstm_attn::triton_attention_layernorm_fwd", mutates_args=())
     def triton_attention_layernorm_fwd(q: Tensor, k: Tensor, v: Tensor, residual: Tensor, weight: Tensor,
-                                       bias: Tensor, eps: float, scale: float
-                                       ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        return triton_kernels.attention_layernorm_fwd(q, k, v, residual, weight, bias, eps, scale)
+                                       bias: Tensor, eps: float, scale: float) -> tuple[Tensor, Tensor, Tensor]:
+        _check_attention(q, k)
+        return triton_kernels.attention_layernorm_fwd(*(t.contiguous() for t in (q, k, v, residual, weight, bias)),
+                                                      eps, scale, traced=True)
 
     @torch.library.triton_op("lstm_attn::triton_attention_layernorm_bwd", mutates_args=())
     def triton_attention_layernorm_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, residual: Tensor,
-                                       weight: Tensor, attn: Tensor, lse: Tensor, mean: Tensor, rstd: Tensor,
-                                       scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-        return triton_kernels.attention_layernorm_bwd(grad_out, q, k, v, residual, weight, attn, lse, mean, rstd,
-                                                      scale)
+                                       weight: Tensor, attn: Tensor, stats: Tensor, scale: float
+                                       ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        _check_attention(q, k)
+        tensors = (grad_out, q, k, v, residual, weight, attn, stats)
+        return triton_kernels.attention_layernorm_bwd(*(t.contiguous() for t in tensors), scale, traced=True)
 
     @torch.library.triton_op("lstm_attn::triton_softmax_pool_fwd", mutates_args=())
     def triton_softmax_pool_fwd(x: Tensor, u: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-        return triton_kernels.softmax_pool_fwd(x, u, c)
+        triton_kernels.check_launch("softmax_pool", x.dtype, T=x.shape[1], H=x.shape[2])
+        return triton_kernels.softmax_pool_fwd(x.contiguous(), u.contiguous(), c.contiguous(), traced=True)
 
     @torch.library.triton_op("lstm_attn::triton_softmax_pool_bwd", mutates_args=())
     def triton_softmax_pool_bwd(grad_pooled: Tensor, x: Tensor, u: Tensor, c: Tensor, pooled: Tensor,
                                 lse: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        return triton_kernels.softmax_pool_bwd(grad_pooled, x, u, c, pooled, lse)
+        triton_kernels.check_launch("softmax_pool", x.dtype, T=x.shape[1], H=x.shape[2])
+        tensors = (grad_pooled, x, u, c, pooled, lse)
+        return triton_kernels.softmax_pool_bwd(*(t.contiguous() for t in tensors), traced=True)
 
     _register_attention_layernorm_autograd("lstm_attn::triton_attention_layernorm_fwd",
                                            torch.ops.lstm_attn.triton_attention_layernorm_bwd)

@@ -21,6 +21,68 @@ def test_parity_with_reference(backend, device, shape, dtype):
                     grad_out, ATTENTION_LAYERNORM_NAMES)
 
 
+def _cpu_tile_shapes():
+    """(B, Tq, Tk) on, just past and beyond every tile of the CPU kernels, with the tile sizes they report: the
+    forward's query blocks, the backward's query blocks, the key tiles (the online softmax's rescale between them)
+    and the backward's key chunks (B below the task count splits a batch's keys, and sums dQ over them)."""
+    from lstm_attn import ops
+
+    if ops.EXTENSION_ERROR:
+        return [(1, 1, 1)]  # the test fails in require_backend, naming the reason
+    q_block, bwd_q_block, key_tile, min_tasks = torch.ops.lstm_attn.cpu_attention_tiles()
+    Tqs = sorted({1, q_block, q_block + 1, bwd_q_block + 1, 2 * bwd_q_block + 44})
+    Tks = [key_tile, key_tile + 1, 2 * key_tile + 88]
+    shapes = [(B, Tq, Tk) for B in (1, 3) for Tq in Tqs for Tk in Tks]
+    # As many batches as backward tasks: the keys stay in one chunk, over several tiles.
+    return shapes + [(min_tasks, 5, 2 * key_tile + 1)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", _cpu_tile_shapes(), ids=lambda s: "B{}-Tq{}-Tk{}".format(*s))
+def test_cpu_parity_at_every_tile_boundary(shape, dtype):
+    require_backend("cpu", "cpu")
+    B, Tq, Tk = shape
+    H = 24
+    inputs = attention_layernorm_inputs(B, Tq, Tk, H, dtype, "cpu")
+    grad_out = torch.randn(B, Tq, H, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    scale, eps = (0.31, 1e-3) if Tq % 2 else (None, 1e-5)  # an explicit scale and eps on half the shapes
+    check_op_parity(partial(lstm_attn.attention_layernorm, backend="cpu", scale=scale, eps=eps),
+                    partial(reference_attention_layernorm, scale=scale, eps=eps), inputs, grad_out,
+                    ATTENTION_LAYERNORM_NAMES)
+
+
+def _triton_tile_shapes():
+    """(Tq, Tk) on and just past every block size the Triton kernels use (their one config in the interpreter,
+    every config of their tables on a GPU), each beside Tq = 1, plus a length several tiles long."""
+    from lstm_attn import ops
+
+    if ops.TRITON_ERROR:
+        return [(1, 1)]  # the test fails in require_backend, naming the reason
+    from lstm_attn.kernels import attention_layernorm as tk
+
+    if lstm_attn.backends.triton_interpreting():
+        configs = [tk._INTERPRETER_FWD, tk._INTERPRETER_BWD]
+    else:
+        configs = [c for table in (tk._FWD_TABLE, tk._BWD_TABLE) for cs in table.values() for c in cs]
+    tiles = {v for c in configs for k, v in c.kwargs.items() if k.startswith("BLOCK_") and k != "BLOCK_H"}
+    lengths = sorted({t + d for t in tiles for d in (0, 1)} | {2 * max(tiles) + 44})
+    return [(Tq, Tk) for Tk in lengths for Tq in (1, Tk)]
+
+
+@pytest.mark.parametrize("shape", _triton_tile_shapes(), ids=lambda s: "Tq{}-Tk{}".format(*s))
+@pytest.mark.parametrize("backend, device", [p for p in fast_backend_params() if p.values[0] == "triton"])
+def test_triton_parity_at_every_tile_boundary(backend, device, shape):
+    require_backend(backend, device)
+    Tq, Tk = shape
+    H = 24
+    inputs = attention_layernorm_inputs(1, Tq, Tk, H, torch.float32, device)
+    grad_out = torch.randn(1, Tq, H, dtype=torch.float64, generator=torch.Generator().manual_seed(2)).to(device)
+    scale, eps = (0.31, 1e-3) if Tk % 2 else (None, 1e-5)  # an explicit scale and eps on half the shapes
+    check_op_parity(partial(lstm_attn.attention_layernorm, backend=backend, scale=scale, eps=eps),
+                    partial(reference_attention_layernorm, scale=scale, eps=eps), inputs, grad_out,
+                    ATTENTION_LAYERNORM_NAMES)
+
+
 @pytest.mark.parametrize("backend, device", fast_backend_params())
 def test_explicit_scale_and_eps(backend, device):
     require_backend(backend, device)

@@ -42,10 +42,15 @@ def test_sweep_writes_one_schema_with_speedups_and_rates(tmp_path):
     assert {"device", "torch", "triton", "version", "git_commit", "timestamp"} <= doc["env"].keys()
     assert doc["ceilings"]["copy_gbps"] > 0 and doc["ceilings"]["matmul_tflops"]["float32"] > 0
     assert "4*B*Tq*Tk*H" in doc["models"]["attention_layernorm"]
-    rows = doc["rows"]
+    host = [r for r in doc["rows"] if r["timing"] == "host"]
+    rows = [r for r in doc["rows"] if r["timing"] != "host"]
     assert len(rows) == 2 * 2 * 2  # T values x passes x providers
+    assert {(r["backend"], r["shape"]["T"], r["method"]) for r in host} == \
+        {("reference", 16, "host-issue"), ("sdpa", 16, "host-issue")}
+    assert all(r["tflops"] is None and r["ms_p50"] > 0 for r in host)  # issuing a call moves no FLOPs
     for row in rows:
         assert row["status"] == "ok", row["status"]
+        assert row["timing"] == "eager" and row["method"] == "synchronised"
         assert row["ms_p20"] <= row["ms_p50"] <= row["ms_p80"]
         assert row["shape"]["B"] * row["shape"]["T"] == row["tokens"] == 64
         assert row["flops"] == op_work(row["pass"], row["shape"]["B"], row["shape"]["T"], row["shape"]["T"], 8, 4).flops
@@ -56,6 +61,7 @@ def test_sweep_writes_one_schema_with_speedups_and_rates(tmp_path):
             assert row["speedup_vs_reference"] == 1.0 and row["parity_err"] is None
         else:
             assert row["parity_err"] < 1e-5
+            assert row["detail"].startswith("SDPA kernel: ")
     broken = copy.deepcopy(doc)
     broken["rows"][0]["ms_p50"] = None
     with pytest.raises(schema.SchemaError, match=r"rows\[0\] has status 'ok' but no ms_p50"):
@@ -103,7 +109,7 @@ def test_a_wrong_backend_is_refused_and_never_timed(tmp_path, monkeypatch, wrong
     monkeypatch.setitem(cases.PROVIDERS, "wrong", cases.Provider("wrong", "ours", lambda: counted,
                                                                     lambda device, dtype, H: None))
     doc = _sweep(tmp_path, "--backends", "reference,wrong", "--T", "16", "--passes", passes)
-    rows = {row["pass"]: row for row in doc["rows"] if row["backend"] == "wrong"}
+    rows = {row["pass"]: row for row in doc["rows"] if row["backend"] == "wrong" and row["timing"] == "eager"}
     for pass_, row in rows.items():
         if pass_ in refused:
             assert row["status"].startswith("refused: "), row["status"]
@@ -111,11 +117,14 @@ def test_a_wrong_backend_is_refused_and_never_timed(tmp_path, monkeypatch, wrong
         else:
             assert row["status"] == "ok"
     if passes == "fwd":
-        assert counted.calls == 1  # the parity check's call; nothing was timed
+        assert counted.calls == 2  # the parity checks of the host group and the op group; nothing was timed
+        host = [row for row in doc["rows"] if row["backend"] == "wrong" and row["timing"] == "host"]
+        assert [row["status"][:8] for row in host] == ["refused:"]  # host rows are checked first, too
 
 
-def _result(device, device_type, timestamp, ms):
+def _result(device, device_type, timestamp, ms, timing="eager"):
     """A hand-written result file: attention_layernorm fwd+bwd at T in (256, 1024), H=128, float32."""
+    method = {"graph": "cuda-graph", "eager": "synchronised", "host": "host-issue"}[timing]
     rows = []
     for T in (256, 1024):
         timed = {backend: factor * T / 256 for backend, factor in ms.items()}
@@ -125,11 +134,12 @@ def _result(device, device_type, timestamp, ms):
             rows.append({
                 "case": "attention_layernorm", "pass": "fwd+bwd", "backend": backend,
                 "kind": "peer" if backend in ("reference", "sdpa") else "ours", "dtype": "float32",
-                "shape": {"B": 16384 // T, "T": T, "H": 128}, "tokens": 16384, "status": "ok", "metric": "time",
+                "shape": {"B": 16384 // T, "T": T, "H": 128}, "tokens": 16384, "status": "ok", "timing": timing,
+                "method": method, "detail": None, "metric": "time",
                 "unit": "ms", "ms_p20": t * 0.9, "ms_p50": t, "ms_p80": t * 1.1, "reps": 10, "parity_err": 1e-7,
                 "speedup_vs_reference": timed["reference"] / t, "best_peer": best,
                 "speedup_vs_best_peer": timed[best] / t, "flops": flops, "bytes": 1000, "tflops": flops / t / 1e9,
-                "gbps": 1.0, "tflops_fraction": 0.1, "gbps_fraction": 0.01, "device": device,
+                "gbps": 1.0, "tflops_fraction": 0.1, "gbps_fraction": 0.01, "peak_mb": None, "device": device,
                 "timestamp": timestamp, "version": "0.1.0"})
     rows.append({**rows[-1], "backend": "triton", "status": "skipped: no GPU", "ms_p20": None, "ms_p50": None,
                  "ms_p80": None, "reps": None, "speedup_vs_reference": None, "best_peer": None,
@@ -145,22 +155,73 @@ def test_report_merges_two_devices_into_a_table_and_plots(tmp_path, capsys):
     a = tmp_path / "h100.json"
     b = tmp_path / "a100.json"
     a.write_text(json.dumps(_result("NVIDIA H100", "cuda", "2025-01-02T00:00:00+00:00",
-                                    {"reference": 4.0, "sdpa": 2.0, "cuda": 1.0})))
+                                    {"reference": 4.0, "sdpa": 2.0, "cuda": 1.0}, timing="graph")))
     b.write_text(json.dumps(_result("NVIDIA A100", "cuda", "2025-01-01T00:00:00+00:00",
-                                    {"reference": 6.0, "sdpa": 3.0, "cuda": 2.5})))
+                                    {"reference": 6.0, "sdpa": 3.0, "cuda": 2.5}, timing="graph")))
     out = tmp_path / "report"
     assert main(["report", str(a), str(b), "--out", str(out), "--stem", "summary"]) == 0
     md = (out / "summary.md").read_text()
+    assert "## Device time (CUDA-graph replay)" in md and "## Eager wall time" not in md
     assert "cuda on NVIDIA H100" in md and "cuda on NVIDIA A100" in md
     assert "4.00x (2.00x)" in md  # H100 cuda: 4 ms / 1 ms vs reference, 2 ms / 1 ms vs sdpa, the best peer
     assert "2.40x (1.20x)" in md  # A100 cuda
-    assert "| NVIDIA H100 | cuda | float32 | 64 | 256 | 128 | vs reference 4.00x (goal 2.0x); vs sdpa 2.00x " \
+    assert "### NVIDIA H100, 2025-01-02, commit abc123 (h100.json)" in md
+    assert "| issue 14: cuda, every shape | NVIDIA H100 | cuda | float32 | 64 | 256 | 128 | 2.00x vs sdpa " \
            "(goal 1.3x) | yes |" in md
-    assert "vs sdpa 1.20x (goal 1.3x) | **no** |" in md
+    assert "| NVIDIA A100 | cuda | float32 | 64 | 256 | 128 | 1.20x vs sdpa (goal 1.3x) | **no** |" in md
     assert "NVIDIA H100, triton (1 row): skipped: no GPU" in md
     assert md in capsys.readouterr().out
-    for png in ("summary-speedup.png", "summary-tflops.png"):
+    for png in ("summary-nvidia-h100-speedup.png", "summary-nvidia-a100-tflops.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_keeps_the_timings_apart_and_reads_every_kind_of_file(tmp_path):
+    """Graph, eager and host rows of one run go to their own sections; a schema-1 file and a profile file in the
+    same folder are read too, and a graph row that fell back to eager timing is marked."""
+    graph = _result("NVIDIA H200", "cuda", "2025-01-03T00:00:00+00:00", {"reference": 2.0, "sdpa": 1.0, "cuda": 0.5},
+                    timing="graph")
+    graph["rows"][0].update(method="synchronised", detail="not capturable in a CUDA graph (RuntimeError: x)")
+    eager = _result("NVIDIA H200", "cuda", "2025-01-03T00:00:00+00:00", {"reference": 3.0, "sdpa": 2.0, "cuda": 1.5})
+    host = _result("NVIDIA H200", "cuda", "2025-01-03T00:00:00+00:00", {"reference": 0.2, "sdpa": 0.1, "cuda": 0.05},
+                   timing="host")
+    doc = {**graph, "rows": graph["rows"] + eager["rows"] + host["rows"]}
+    old = _result("AMD EPYC", "cpu", "2024-12-01T00:00:00+00:00", {"reference": 5.0, "sdpa": 4.0, "cpu": 2.0})
+    old["schema"] = "lstm_attn.bench/1"
+    for row in old["rows"]:
+        del row["timing"], row["method"], row["detail"], row["peak_mb"]
+    profile = {"schema": "lstm_attn.profile/1", "env": {**doc["env"], "device_type": "cuda"}, "rows": [
+        {"backend": "cuda", "dtype": "float32", "shape": {"B": 64, "T": 256, "H": 128}, "status": "ok",
+         "wall_ms": 0.6, "host_ms": 0.1, "device_ms": 0.5, "kernels": [{"name": "fwd_kernel", "ms": 0.3, "calls": 1}]}]}
+    paths = []
+    for name, content in (("run.json", doc), ("old.json", old), ("profile.json", profile)):
+        paths.append(tmp_path / name)
+        paths[-1].write_text(json.dumps(content))
+    out = tmp_path / "report"
+    assert main(["report", *map(str, paths), "--out", str(out), "--quiet"]) == 0
+    md = (out / "report.md").read_text()
+    sections = [md.index(h) for h in ("## Device time", "## Eager wall time", "## Host cost", "## Goals",
+                                      "## Where the time goes", "## Rows not timed")]
+    assert sections == sorted(sections)
+    device, eager_part, host_part = (md[a:b] for a, b in zip(sections, sections[1:4]))
+    assert "| float32 | 64 | 256 | 128 | 2† | 1 | 0.5 |  | 4.00x | 2.00x (sdpa) | – | – |" in device
+    assert "† not capturable in a CUDA graph" in device
+    assert "| float32 | 64 | 256 | 128 | 3 | 2 | 1.5 |  | 2.00x | 1.33x (sdpa) | – | – |" in eager_part
+    assert "| float32 | 64 | 256 | 128 | 5 | 4 | 2 |  | 2.50x | 2.00x (sdpa) | – | – |" in eager_part  # schema 1, CPU
+    assert "| float32 | 64 | 256 | 128 | 0.2 | 0.1 | 0.05 |  | 4.00x | 2.00x (sdpa) |" in host_part
+    assert "fwd_kernel" in md[sections[4]:]
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == ["report-amd-epyc-speedup.png", "report-amd-epyc-tflops.png", "report-nvidia-h200-speedup.png",
+                    "report-nvidia-h200-tflops.png"]
+
+
+def test_report_reads_the_committed_results(tmp_path):
+    """CI's check that `lstm-attn report benchmarks/results/*.json` works on the folder as it is."""
+    from pathlib import Path
+
+    files = sorted(str(p) for p in (Path(__file__).parent.parent / "benchmarks" / "results").glob("*.json"))
+    assert files, "no committed result files"
+    assert main(["report", *files, "--out", str(tmp_path), "--quiet"]) == 0
+    assert "## Where the time goes" in (tmp_path / "report.md").read_text()
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -169,15 +230,30 @@ def test_report_merges_two_devices_into_a_table_and_plots(tmp_path, capsys):
     (["--passes", "sideways"], "--passes has unknown value 'sideways'"),
     (["--cases", "everything"], "--cases has unknown value 'everything'"),
     (["--T", "24"], "--tokens 64 is not a multiple of T = 24"),
+    (["--elements", "96"], "--tokens and --elements both size the op shapes"),
+    (["--timings", "graph"], "--timings graph needs a CUDA GPU"),
+    (["--host-shape", "1x16"], "--host-shape takes items such as 1x16x64"),
     (["--H", "0"], "--H must be positive, got 0"),
     (["--H", "8,wide"], "--H must be comma-separated positive integers"),
-    (["--model-shapes", "256"], "--model-shapes takes BxT items"),
+    (["--model-shapes", "256"], "--model-shapes takes items such as 256x1024"),
     (["--threads", "0"], "--threads must be positive"),
-], ids=["backend", "dtype", "pass", "case", "T", "H-zero", "H-text", "model-shape", "threads"])
+], ids=["backend", "dtype", "pass", "case", "T", "elements", "graph-on-cpu", "host-shape", "H-zero", "H-text",
+        "model-shape", "threads"])
 def test_bad_sweep_input_is_a_clear_error(argv, message, capsys, tmp_path):
     assert main([*TINY, "--out", str(tmp_path), *argv]) == 2
     assert message in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # nothing measured, nothing written
+
+
+def test_op_shapes_keep_the_elements_per_tensor_or_the_tokens():
+    from lstm_attn.bench.sweep import ELEMENTS, op_shapes
+
+    shapes = op_shapes(ELEMENTS, None, [256, 1024, 4096], [64, 512])
+    assert all(B * T * H == ELEMENTS for B, T, H in shapes)
+    assert shapes[0] == (2048, 256, 64) and shapes[-1] == (16, 4096, 512)
+    assert op_shapes(None, 8192, [256], [64, 128]) == [(32, 256, 64), (32, 256, 128)]
+    with pytest.raises(ValueError, match="--elements 96 is not a multiple of T \\* H = 16 \\* 8: B must be whole"):
+        op_shapes(96, None, [16], [8])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error where there is no GPU")

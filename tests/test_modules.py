@@ -94,6 +94,18 @@ def test_unknown_backend_is_refused():
         AttentionLayer(4, backend="gpu")
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine where backend 'cuda' cannot run")
+def test_attention_layer_refuses_a_backend_that_cannot_run_here():
+    """The full-sequence forward runs SDPA for the fast backends, yet a backend named for a GPU is refused on a CPU
+    as the op refuses it, instead of quietly running elsewhere."""
+    layer = AttentionLayer(16, backend="cuda")
+    x = torch.randn(2, 5, 16)
+    with pytest.raises(RuntimeError, match="backend='cuda' is not available on cpu"):
+        layer(x)
+    with pytest.raises(RuntimeError, match="backend='cuda' is not available on cpu"):
+        layer.last_step(x)
+
+
 @pytest.mark.parametrize("backend, device", model_backend_params())
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}-T{}-I{}-H{}-L{}".format(*s))
@@ -147,6 +159,7 @@ def test_key_bias_stays_in_the_graph_with_zero_gradient():
 @pytest.mark.parametrize("backend, device", model_backend_params())
 @pytest.mark.parametrize("shape", [(2, 1, 5), (3, 17, 16), (2, 70, 64)], ids=lambda s: "B{}-T{}-H{}".format(*s))
 def test_attention_layer_returns_the_seeds_full_output(backend, device, shape):
+    """Every fast backend runs SDPA here (AttentionLayer's docstring says why); each is still held to the seed."""
     require_backend(backend, device)
     B, T, H = shape
     torch.manual_seed(0)

@@ -22,22 +22,13 @@
 
 #include "checks.h"
 #include "cpu/cpu_utils.h"
+#include "cpu/tiles.h"
 
 namespace lstm_attn::cpu {
 namespace {
 
 using at::Tensor;
 
-// Tile sizes: a score tile and the GEMM operands around it stay in L2. kQueryBlock query rows share one
-// online-softmax pass (forward); a backward score tile is kKeyTile keys x kBackwardQueryBlock queries, wider so
-// that the dK, dV accumulations (K = the query dim) run as larger GEMMs.
-constexpr int64_t kQueryBlock = 64;
-constexpr int64_t kBackwardQueryBlock = 128;
-constexpr int64_t kKeyTile = 256;
-// The backward splits a batch's keys into chunks when the batches alone offer fewer tasks than this. A fixed
-// number rather than the thread count, so that the arithmetic (the dQ sums) does not depend on the machine;
-// every chunk costs a dQ-sized buffer, so the batch size bounds their number.
-constexpr int64_t kMinBackwardTasks = 64;
 // How many rows ahead the LayerNorm backward prefetches its inputs.
 constexpr int64_t kPrefetchRows = 4;
 

@@ -3,14 +3,19 @@
 Providers are our backends ("cpu", "cuda", "triton", through lstm_attn.attention_layernorm) and the peers a
 user would pick instead:
   reference  the seed's eager arithmetic, lstm_attn.reference.attention_layernorm
-  sdpa       F.scaled_dot_product_attention, then + residual and F.layer_norm
-  compile    torch.compile of the reference: one compiled function for the sweep (torch.compile's default
-             automatic dynamic shapes after the first shape)
+  sdpa       F.scaled_dot_product_attention, then + residual and F.layer_norm; its rows name the SDPA kernel
+             PyTorch chose (flash, efficient, cuDNN, math)
+  compile    torch.compile of the reference, compiled afresh for each shape and dtype with static shapes and
+             warmed up before it is timed, as a user who compiles for their one shape gets it
 PROVIDERS is the sweep's table of them; a test registers a deliberately wrong one there.
+
+Dtype labels: "float32" runs with TF32 off everywhere (torch.backends.cuda.matmul.allow_tf32 and cuDNN's flag),
+"float32-tf32" with both on, for every provider alike; "bfloat16" and "float16" leave the flags as they are.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from dataclasses import dataclass
@@ -26,11 +31,16 @@ from lstm_attn.bench.group import Candidate, Group, Outputs, Runner, Work
 
 CASE = "attention_layernorm"
 PASSES = ("fwd", "bwd", "fwd+bwd")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+DTYPES = {"float32": torch.float32, "float32-tf32": torch.float32, "bfloat16": torch.bfloat16,
+          "float16": torch.float16, "float64": torch.float64}
+TF32_FLAGS = {"float32": False, "float32-tf32": True}  # labels that set TF32; the others leave it alone
 REFERENCE = "reference"
 PEERS = ("reference", "sdpa", "compile")
 GRAD_NAMES = ("grad_q", "grad_k", "grad_v", "grad_residual", "grad_weight", "grad_bias")
 MAX_INPUT_SETS = 8
+# Parity is checked on the first rows of the batch: every kernel here treats batch rows alike and apart, and the
+# float64 reference of a whole device-bound call (B*T*T scores, twice for the backward) would not fit.
+PARITY_ROWS = 4
 
 # LayerNorm and residual FLOPs per element of (B, Tq, H): small beside attention's 4*Tk per element, but counted.
 # fwd: residual add 1, mean 1, variance 2, normalize 2, affine 2.
@@ -73,12 +83,34 @@ def sdpa_layernorm(q, k, v, residual, weight, bias, eps=1e-5):
     return F.layer_norm(attn.squeeze(1) + residual, (H,), weight, bias, eps)
 
 
-@functools.lru_cache(maxsize=None)
+def sdpa_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str:
+    """The SDPA kernel PyTorch picks for these (B, T, H) tensors as sdpa_layernorm passes them."""
+    choice = torch._fused_sdp_choice(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), scale=q.shape[-1] ** -0.5)
+    try:
+        return torch.nn.attention.SDPBackend(choice).name
+    except ValueError:
+        return f"unknown ({choice})"
+
+
+@contextlib.contextmanager
+def precision(label: str):
+    """The TF32 flags a dtype label stands for, for the whole group (every provider and the reference)."""
+    if label not in TF32_FLAGS:
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = TF32_FLAGS[label]
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def _compiled_reference():
-    # One compiled function for the whole sweep, as a user would write it: torch.compile's default marks sizes
-    # dynamic once a second shape arrives, so a sweep of 16 shapes costs a few compiles, not 16 (each a
-    # forward and a backward graph, which would outlast the GPU check's time budget).
-    return torch.compile(reference.attention_layernorm)
+    # Compiled afresh for each group, static shapes: what a user compiling for their shape runs. The reset drops
+    # the graphs of earlier shapes, so the recompile limit never sends a later shape back to eager.
+    torch._dynamo.reset()
+    return torch.compile(reference.attention_layernorm, dynamic=False)
 
 
 def _always(device, dtype, H) -> str | None:
@@ -151,10 +183,11 @@ def _expected(pass_: str, inputs: OpInputs) -> tuple[Outputs, Outputs]:
     return _outputs(reference.attention_layernorm, pass_, wide), _outputs(reference.attention_layernorm, pass_, inputs)
 
 
-def op_runner(fn: Callable, pass_: str, sets: list[OpInputs]) -> Runner:
-    """The timed call of a pass. bwd runs the forward untimed in setup, then times the backward alone (without
-    retain_graph: the backward frees what the forward saved, as in training)."""
-    outputs = lambda: _outputs(fn, pass_, sets[0])  # noqa: E731
+def op_runner(fn: Callable, pass_: str, sets: list[OpInputs], checked: OpInputs | None = None) -> Runner:
+    """The timed call of a pass on sets[i]; parity on `checked` (default sets[0]). bwd runs the forward untimed
+    in setup, then times the backward alone (without retain_graph: the backward frees what the forward saved,
+    as in training)."""
+    outputs = lambda: _outputs(fn, pass_, checked or sets[0])  # noqa: E731
     if pass_ == "fwd":
         return Runner(lambda i: fn(*sets[i].args), outputs)
     if pass_ == "fwd+bwd":
@@ -176,17 +209,22 @@ def input_sets(work_bytes: int, device: torch.device) -> int:
     return max(1, min(MAX_INPUT_SETS, math.ceil(2 * cache_bytes(device) / max(work_bytes, 1))))
 
 
-def op_group(pass_: str, dtype: torch.dtype, B: int, T: int, H: int, providers: list[str],
-             device: torch.device, seed: int) -> Group:
+def op_group(pass_: str, dtype_label: str, B: int, T: int, H: int, providers: list[str],
+             device: torch.device, seed: int, timings: tuple[str, ...] = ("eager",)) -> Group:
+    dtype = DTYPES[dtype_label]
     work = op_work(pass_, B, T, T, H, torch.finfo(dtype).bits // 8)
     generator = torch.Generator(device).manual_seed(seed)
     sets = [make_inputs(B, T, H, dtype, device, pass_ != "fwd", generator)
             for _ in range(input_sets(work.bytes, device))]
+    checked = sets[0] if B <= PARITY_ROWS else make_inputs(PARITY_ROWS, T, H, dtype, device, pass_ != "fwd",
+                                                           generator)
 
     def candidate(name: str) -> Candidate:
         p = PROVIDERS[name]
-        return Candidate(name, p.kind, lambda: op_runner(p.build(), pass_, sets),
-                         skip_reason=p.unavailable(device, dtype, H), checked=name != REFERENCE)
+        describe = (lambda: f"SDPA kernel: {sdpa_kernel(*sets[0].args[:3])}") if name == "sdpa" else None
+        return Candidate(name, p.kind, lambda: op_runner(p.build(), pass_, sets, checked),
+                         skip_reason=p.unavailable(device, dtype, H), checked=name != REFERENCE, describe=describe)
 
     return Group(CASE, pass_, dtype, {"B": B, "T": T, "H": H}, work, REFERENCE, PEERS,
-                 [candidate(name) for name in providers], lambda: _expected(pass_, sets[0]), n_sets=len(sets))
+                 [candidate(name) for name in providers], lambda: _expected(pass_, checked), n_sets=len(sets),
+                 dtype_label=dtype_label, timings=timings, context=lambda: precision(dtype_label))

@@ -109,6 +109,8 @@ def environment(device: torch.device) -> dict:
             "cuda": torch.version.cuda or "none",
             # Whether the Triton rows come from autotuned configs or each table's first (default) config.
             "triton_autotune": os.environ.get("LSTM_ATTN_TRITON_AUTOTUNE", "1") != "0",
+            # Which attention plan the Triton rows ran: the kernels' table, or one forced for comparing plans.
+            "triton_plan": os.environ.get("LSTM_ATTN_TRITON_PLAN") or "table",
             "allow_tf32": torch.backends.cuda.matmul.allow_tf32,
         })
     else:

@@ -1,19 +1,24 @@
 """One group: a (case, pass, dtype, shape) and the candidates timed side by side on it.
 
-run_group checks each candidate against the reference, times the ones that pass, and turns the lot into
-schema rows with speedups, rates and fractions of the device's ceilings.
+run_group checks each candidate against the reference, times the ones that pass in each of the group's timings
+(graph, eager, host: see timing.py), and turns the lot into schema rows, one per candidate and timing, with
+speedups (against the other rows of the same timing), rates and fractions of the device's ceilings.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Callable, ContextManager
 
 import torch
 
 from lstm_attn.bench import parity
-from lstm_attn.bench.timing import Budget, measure
+from lstm_attn.bench.timing import MEASURE, Budget, NotCapturable, measure_eager
+
+# How each timing slot was filled: the method a row's time comes from.
+METHODS = {"graph": "cuda-graph", "eager": "synchronised", "host": "host-issue"}
 
 Outputs = dict[str, torch.Tensor]
 
@@ -39,6 +44,7 @@ class Candidate:
     build: Callable[[], Runner]
     skip_reason: str | None = None  # set when it cannot run here; the row says why
     checked: bool = True  # parity before timing; False only for the reference itself
+    describe: Callable[[], str | None] | None = None  # a note for its rows (which SDPA kernel ran, say)
 
 
 @dataclass
@@ -55,6 +61,9 @@ class Group:
     n_sets: int = 1
     rule: parity.Rule = parity.parity_failure
     dtype_label: str = ""  # defaults to the dtype's name
+    timings: tuple[str, ...] = ("eager",)  # one row per candidate and timing
+    # Entered around the whole group: the precision flags its dtype label stands for (TF32 on or off).
+    context: Callable[[], ContextManager] = field(default=contextlib.nullcontext)
 
     def __post_init__(self):
         self.dtype_label = self.dtype_label or str(self.dtype).removeprefix("torch.")
@@ -67,49 +76,76 @@ def _first_line(exc: BaseException) -> str:
 
 def run_group(group: Group, device: torch.device, budget: Budget, ceilings: dict, stamp: dict,
               progress: Callable[[dict], None]) -> list[dict]:
-    """Rows for every candidate of the group: timed if it matches the reference, else the reason it is not."""
+    """Rows for every candidate and timing of the group: timed if it matches the reference, else the reason."""
+    with group.context():
+        return _run_group(group, device, budget, ceilings, stamp, progress)
+
+
+def _run_group(group: Group, device: torch.device, budget: Budget, ceilings: dict, stamp: dict,
+               progress: Callable[[dict], None]) -> list[dict]:
     expected = None
     rows = []
     for cand in group.candidates:
-        row = {
+        base = {
             "case": group.case, "pass": group.pass_, "backend": cand.backend, "kind": cand.kind,
             "dtype": group.dtype_label, "shape": dict(group.shape), "tokens": group.shape["B"] * group.shape["T"],
-            "status": "ok", "metric": "time", "unit": "ms", "ms_p20": None, "ms_p50": None, "ms_p80": None,
-            "reps": None, "parity_err": None, "speedup_vs_reference": None,
-            "best_peer": None, "speedup_vs_best_peer": None, "flops": group.work.flops, "bytes": group.work.bytes,
-            "tflops": None, "gbps": None, "tflops_fraction": None, "gbps_fraction": None, **stamp,
+            "status": "ok", "timing": None, "method": None, "detail": None, "metric": "time", "unit": "ms",
+            "ms_p20": None, "ms_p50": None, "ms_p80": None, "reps": None, "parity_err": None,
+            "speedup_vs_reference": None, "best_peer": None, "speedup_vs_best_peer": None,
+            "flops": group.work.flops, "bytes": group.work.bytes,
+            "tflops": None, "gbps": None, "tflops_fraction": None, "gbps_fraction": None, "peak_mb": None, **stamp,
         }
         if cand.skip_reason:
-            row["status"] = f"skipped: {cand.skip_reason}"
+            found = [{"status": f"skipped: {cand.skip_reason}"}] * len(group.timings)
         else:
             try:
                 if cand.checked and expected is None:
                     expected = group.expected()
-                row.update(_measure(cand, group, expected, device, budget))
+                found = _measure(cand, group, expected, device, budget)
             # A candidate that fails on one shape (no kernel for it, out of memory, a compiler error) becomes an
             # error row; the sweep goes on to the next.
             except Exception as exc:  # noqa: BLE001
-                row["status"] = f"error: {_first_line(exc)}"
-            if row["status"] == "ok":
+                found = [{"status": f"error: {_first_line(exc)}"}] * len(group.timings)
+        for timing, update in zip(group.timings, found):
+            row = {**base, "timing": timing, **update}
+            if row["status"] == "ok" and timing != "host":  # issuing a call moves no FLOPs
                 _add_rates(row, ceilings)
-        rows.append(row)
-        progress(row)
-    _add_speedups(rows, group)
+            rows.append(row)
+            progress(row)
+    for timing in group.timings:
+        _add_speedups([r for r in rows if r["timing"] == timing], group)
     return rows
 
 
-def _measure(cand: Candidate, group: Group, expected, device: torch.device, budget: Budget) -> dict:
-    """Build, check, time. A function of its own so the candidate's tensors and graphs are freed on return."""
+def _measure(cand: Candidate, group: Group, expected, device: torch.device, budget: Budget) -> list[dict]:
+    """Build, check, then time in each of the group's timings: one dict of row fields per timing. A function
+    of its own so the candidate's tensors and graphs are freed on return."""
     runner = cand.build()
-    found = {}
+    found = {"detail": cand.describe() if cand.describe else None}
     if cand.checked:
         result = parity.check(runner.outputs(), *expected, rule=group.rule)
         # JSON has no NaN: an error that cannot be measured (NaN in the result) is recorded as null.
         found["parity_err"] = result.err if math.isfinite(result.err) else None
         if result.failure:
-            return {**found, "status": f"refused: {result.failure}"}
-    t = measure(runner.run, device, n_sets=group.n_sets, setup=runner.setup, budget=budget)
-    return {**found, "ms_p20": t.p20, "ms_p50": t.p50, "ms_p80": t.p80, "reps": t.reps}
+            return [{**found, "status": f"refused: {result.failure}"}] * len(group.timings)
+    timed = {}  # method -> Timing: an eager fallback for the graph slot serves the eager slot too
+    updates = []
+    for timing in group.timings:
+        method, note = METHODS[timing], None
+        kwargs = dict(n_sets=group.n_sets, setup=runner.setup, budget=budget)
+        if method not in timed:
+            try:
+                timed[method] = MEASURE[timing](runner.run, device, **kwargs)
+            except NotCapturable as exc:
+                method = METHODS["eager"]
+                note = f"not capturable in a CUDA graph ({exc}): timed eagerly, synchronised per call"
+                if method not in timed:
+                    timed[method] = measure_eager(runner.run, device, **kwargs)
+        t = timed[method]
+        detail = "; ".join(d for d in (found["detail"], note) if d) or None
+        updates.append({**found, "detail": detail, "method": method, "ms_p20": t.p20, "ms_p50": t.p50,
+                        "ms_p80": t.p80, "reps": t.reps})
+    return updates
 
 
 def _add_rates(row: dict, ceilings: dict) -> None:

@@ -126,7 +126,7 @@ class _Setting:
         return model
 
 
-def _step_outputs(model, x, y, autocast: bool) -> Outputs:
+def step_outputs(model, x, y, autocast: bool) -> Outputs:
     model.zero_grad(set_to_none=True)
     with _autocast(x.device, autocast):
         y_hat = model(x)
@@ -166,7 +166,7 @@ def _runner(pass_: str, model, ours: bool, setting: _Setting) -> Runner:
 
         def outputs():
             with _exact_float32():
-                return _step_outputs(model, *s.batches[0], s.autocast)
+                return step_outputs(model, *s.batches[0], s.autocast)
 
         return Runner(step, outputs, setup=lambda i: optimizer.zero_grad(set_to_none=True))
     if pass_ == "attention":
@@ -198,8 +198,8 @@ def _expected(pass_: str, setting: _Setting) -> tuple[Outputs, Outputs]:
     x, y = setting.batches[0]
     with _exact_float32():
         if pass_ == "step":
-            return (_step_outputs(wide, x.double(), y.double(), False),
-                    _step_outputs(setting.model(), x, y, setting.autocast))
+            return (step_outputs(wide, x.double(), y.double(), False),
+                    step_outputs(setting.model(), x, y, setting.autocast))
         h, g = setting.hidden[0], setting.grad_head[0]
         return (_attention_outputs(wide, h.double(), g.double(), False, False),
                 _attention_outputs(setting.model(), h, g, False, setting.autocast))

@@ -2,16 +2,17 @@
 
 The sweep (`lstm-attn bench`) answers "how fast"; this answers "why". For each shape, dtype and provider it runs
 the op's forward+backward (the sweep's inputs and runners) and records, per call:
-  wall_ms    median time of the call followed by a synchronize: what a training step waits for
+  wall_ms    median time of the call followed by a synchronize: what a training step waits for (the sweep's
+             "eager" timing)
   host_ms    median time the host takes to issue the call, started on an idle device and stopped before any
-             synchronize: Python, the dispatcher, autograd, the launchers
+             synchronize: Python, the dispatcher, autograd, the launchers (the sweep's "host" timing)
   device_ms  (GPU) the summed duration of the kernels the call ran, from torch.profiler's CUDA activity;
              kernels lists them, heaviest first, with their time and launches per call (null where the
              profiler could record no kernels)
 On a GPU, host_ms close to wall_ms with device_ms well below means the call is launch-bound: faster kernels would
 not show. On a CPU host and device are one: device_ms is null and kernels lists the operators by self CPU time.
-Unlike the sweep the L2 is not flushed between calls and nothing is checked against the reference (the sweep
-does that): these are diagnostics, not the published speed.
+Unlike the sweep nothing is checked against the reference (the sweep does that), and the kernels are profiled
+without flushing the L2 between calls: these are diagnostics, not the published speed.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
@@ -32,7 +32,7 @@ from lstm_attn.bench.env import device_slug, environment
 from lstm_attn.bench.report import fmt_ms, markdown_table
 from lstm_attn.bench.schema import write_json
 from lstm_attn.bench.sweep import check_limits, device_kind, names_in, positive_ints, sequence_lengths
-from lstm_attn.bench.timing import sync
+from lstm_attn.bench.timing import Budget, measure_eager, measure_host, sync
 
 SCHEMA = "lstm_attn.profile/1"
 PASS = "fwd+bwd"
@@ -77,19 +77,6 @@ def _config(args: argparse.Namespace) -> dict:
                 backends=names_in(spec["backends"], "--backends", cases.PROVIDERS))
 
 
-def _clock(run, device: torch.device, n_sets: int, iters: int, *, wait: bool) -> float:
-    """Median ms per call; each call starts on an idle device and, with wait, ends when the device is done."""
-    times = []
-    for i in range(iters):
-        sync(device)
-        start = time.perf_counter()
-        run(i % n_sets)
-        if wait:
-            sync(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return float(np.median(times))
-
-
 def _kernels(prof, device: torch.device, iters: int) -> tuple[float | None, list[dict]]:
     """(device ms per call, the heaviest kernels) from a profile of `iters` calls. On CPU: (None, operators by
     self CPU time), top-level and nested alike, since a self time counts each microsecond once."""
@@ -126,12 +113,10 @@ def profile_row(provider: str, dtype: str, B: int, T: int, H: int, device: torch
     generator = torch.Generator(device).manual_seed(seed)
     sets = [cases.make_inputs(B, T, H, cases.DTYPES[dtype], device, True, generator) for _ in range(2)]
     run = cases.op_runner(p.build(), PASS, sets).run
+    budget = Budget(warmup_ms=0.0, rep_ms=0.0, min_reps=iters, max_reps=iters)  # warm-up: compile, autotune
     try:
-        for i in range(3):  # compile, autotune, the allocator's first blocks
-            run(i % len(sets))
-        sync(device)
-        row["wall_ms"] = _clock(run, device, len(sets), iters, wait=True)
-        row["host_ms"] = _clock(run, device, len(sets), iters, wait=False)
+        row["wall_ms"] = measure_eager(run, device, n_sets=len(sets), budget=budget).p50
+        row["host_ms"] = measure_host(run, device, n_sets=len(sets), budget=budget).p50
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         sync(device)
         with profile(activities=activities) as prof:
@@ -190,7 +175,8 @@ def run(args: argparse.Namespace) -> int:
                     if args.time_budget is not None and time.perf_counter() - started > args.time_budget:
                         doc["config"]["not_run"].append(label)
                         continue
-                    row = profile_row(provider, dtype, cfg["tokens"] // T, T, H, device, args.iters, args.seed)
+                    with cases.precision(dtype):
+                        row = profile_row(provider, dtype, cfg["tokens"] // T, T, H, device, args.iters, args.seed)
                     doc["rows"].append(row)
                     write_json(doc, path)
                     detail = (f"wall {fmt_ms(row['wall_ms'])} ms, host {fmt_ms(row['host_ms'])} ms, device "

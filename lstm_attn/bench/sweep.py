@@ -15,31 +15,35 @@ from pathlib import Path
 
 import torch
 
-from lstm_attn.bench import cases, model_step, schema
+from lstm_attn.bench import cases, model_step, scaling, schema
 from lstm_attn.bench.ceilings import measure_ceilings
 from lstm_attn.bench.env import device_slug, environment
 from lstm_attn.bench.group import run_group
-from lstm_attn.bench.report import device_tables, fmt_ms
+from lstm_attn.bench.report import Run, fmt_ms, merge, timing_sections
 from lstm_attn.bench.timing import Budget
 
-CASES = (cases.CASE, model_step.CASE)
+CASES = (cases.CASE, model_step.CASE, scaling.CASE)
+ELEMENTS = 2**25  # B*T*H per tensor of the GPU sweep: about 32M, where an H200 is busy with kernels, not the host
 
-# Defaults per device type; the GPU ones are sized for device_check.sh's time budget on an H100 (an estimate:
-# not yet run on a GPU; --time-budget guards it).
+# Defaults per device type. On a GPU every (T, H) gets B = ELEMENTS / (T * H): the same bytes per call at every
+# shape, 16 to 2048 sequences. The CPU keeps B*T = 8192. --time-budget guards the GPU check's time.
 DEFAULTS = {
-    "cuda": dict(tokens=16384, T="256,1024", H="64,128,256,512", dtypes="float32,bfloat16",
+    "cuda": dict(elements=ELEMENTS, tokens=None, T="256,1024,4096", H="64,128,256,512",
+                 dtypes="float32,float32-tf32,bfloat16,float16", timings="graph,eager", host_shape="1x16x64",
                  model_shapes="256x256,256x1024", model_dtypes="float32,bfloat16-autocast"),
-    "cpu": dict(tokens=8192, T="64,128,256", H="64,128", dtypes="float32",
-                model_shapes="32x256", model_dtypes="float32"),
+    "cpu": dict(elements=None, tokens=8192, T="64,128,256", H="64,128", dtypes="float32", timings="eager",
+                host_shape="1x16x64", model_shapes="32x256", model_dtypes="float32"),
 }
 QUICK = {
-    "cuda": dict(tokens=16384, T="256", H="128", dtypes="float32,bfloat16",
-                 model_shapes="64x256", model_dtypes="float32,bfloat16-autocast"),
+    "cuda": dict(elements=2**22, tokens=None, T="256", H="128", dtypes="float32,bfloat16", timings="graph,eager",
+                 host_shape="1x16x64", model_shapes="64x256", model_dtypes="float32,bfloat16-autocast"),
     # The CPU goal's shape alone: with torch.compile's first compilation it still fits in a minute on 2 cores.
-    "cpu": dict(tokens=8192, T="256", H="128", dtypes="float32", model_shapes="16x128", model_dtypes="float32"),
+    "cpu": dict(elements=None, tokens=8192, T="256", H="128", dtypes="float32", timings="eager",
+                host_shape="1x16x64", model_shapes="16x128", model_dtypes="float32"),
 }
 BUDGETS = {"cuda": Budget(warmup_ms=25, rep_ms=100), "cpu": Budget(warmup_ms=20, rep_ms=250, min_reps=5),
            "quick": Budget(warmup_ms=10, rep_ms=100, min_reps=3)}
+HOST_TIMINGS = ("host",)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,17 +53,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = {kind: ",".join(names) for kind, names in cases.DEFAULT_PROVIDERS.items()}
     parser.add_argument("--backends", help=f"{lists}, from {', '.join(cases.PROVIDERS)} (default: cuda: "
                         f"{defaults['cuda']}; cpu: {defaults['cpu']})")
-    parser.add_argument("--tokens", type=int, help="B*T of every op shape (default: cuda 16384, cpu 8192)")
-    parser.add_argument("--T", dest="T", help=f"{lists} sequence lengths (default: cuda 256,1024; cpu 64,128,256)")
+    parser.add_argument("--elements", type=int, help=f"B*T*H per tensor of every op shape, B = elements / (T*H) "
+                        f"(default on cuda: {ELEMENTS})")
+    parser.add_argument("--tokens", type=int, help="B*T of every op shape, instead of --elements (default on cpu: "
+                        "8192)")
+    parser.add_argument("--T", dest="T", help=f"{lists} sequence lengths (default: cuda 256,1024,4096; cpu 64,128,256)")
     parser.add_argument("--H", dest="H", help=f"{lists} hidden sizes (default: cuda 64,128,256,512; cpu 64,128)")
-    parser.add_argument("--dtypes", help=f"{lists}, from {', '.join(cases.DTYPES)} (default: cuda float32,bfloat16; "
-                        "cpu float32)")
+    parser.add_argument("--dtypes", help=f"{lists}, from {', '.join(cases.DTYPES)}; float32 runs with TF32 off, "
+                        "float32-tf32 with it on (default: cuda float32,float32-tf32,bfloat16,float16; cpu float32)")
+    parser.add_argument("--timings", help=f"{lists}, from graph, eager (default: cuda graph,eager; cpu eager): "
+                        "device time from CUDA-graph replay, and synchronised wall time per call")
+    parser.add_argument("--host-shape", help="BxTxH of the host-cost rows (time to issue a call on an idle "
+                        "device), or none (default: 1x16x64)")
     parser.add_argument("--passes", default="fwd+bwd", help=f"{lists}, from {', '.join(cases.PASSES)} "
                         "(default: %(default)s)")
     parser.add_argument("--model-shapes", help=f"{lists} BxT of the model case, input {model_step.INPUT_SIZE}, "
                         f"H {model_step.HIDDEN}, {model_step.LAYERS} layers (default: cuda 256x256,256x1024; "
                         "cpu 32x256)")
     parser.add_argument("--model-dtypes", help=f"{lists}, from {', '.join(model_step.DTYPES)}")
+    parser.add_argument("--scaling-T", default="256,16384", help=f"{scaling.CASE}: the first and the largest T, "
+                        "doubling in between (default: %(default)s)")
+    parser.add_argument("--scaling-shape", default=f"{scaling.BATCH}x{scaling.HIDDEN}", help=f"{scaling.CASE}: BxH, "
+                        f"input {scaling.INPUT_SIZE}, {scaling.LAYERS} layers (default: %(default)s)")
+    parser.add_argument("--time-cap", type=float, default=60.0, help=f"{scaling.CASE}: seconds one step may take "
+                        "before a provider stops growing T (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="a short sweep, under a minute on CPU: T 256, H 128, model shapes "
                         "16x128 (cuda: 64x256)")
     parser.add_argument("--out", default=".", help="result file (*.json), or a folder for <device>-<date>.json "
@@ -76,13 +93,16 @@ class Config:
     device: torch.device
     cases: list[str]
     providers: list[str]
-    tokens: int
-    Ts: list[int]
-    Hs: list[int]
+    shapes: list[tuple[int, int, int]]  # (B, T, H) of the op groups
     dtypes: list[str]
     passes: list[str]
+    timings: tuple[str, ...]
+    host_shape: tuple[int, int, int] | None
     model_shapes: list[tuple[int, int]]
     model_dtypes: list[str]
+    scaling_Ts: list[int]
+    scaling_shape: tuple[int, int]  # (B, H)
+    time_cap: float
     budget: Budget
     out: Path
     quick: bool
@@ -114,14 +134,37 @@ def positive_ints(text: str, what: str) -> list[int]:
     return values
 
 
+def _dims(item: str, option: str, example: str) -> tuple[int, ...]:
+    parts = item.lower().split("x")
+    if len(parts) != example.count("x") + 1:
+        raise ValueError(f"{option} takes items such as {example}, got {item!r}")
+    return tuple(positive_ints(",".join(parts), f"{option} item {item!r}"))
+
+
 def _model_shapes(text: str) -> list[tuple[int, int]]:
+    return [_dims(item, "--model-shapes", "256x1024") for item in text.split(",")]
+
+
+def _host_shape(text: str) -> tuple[int, int, int] | None:
+    return None if text.strip().lower() == "none" else _dims(text, "--host-shape", "1x16x64")
+
+
+def op_shapes(elements: int | None, tokens: int | None, Ts: list[int], Hs: list[int]) -> list[tuple[int, int, int]]:
+    """(B, T, H) for every T and H: B = tokens / T with --tokens, else elements / (T * H); it must be whole."""
     shapes = []
-    for item in text.split(","):
-        parts = item.lower().split("x")
-        if len(parts) != 2:
-            raise ValueError(f"--model-shapes takes BxT items such as 256x1024, got {item!r}")
-        B, T = positive_ints(",".join(parts), f"--model-shapes item {item!r}")
-        shapes.append((B, T))
+    for T in Ts:
+        for H in Hs:
+            if tokens is not None:
+                total, what = tokens, f"--tokens {tokens} is not a multiple of T = {T}"
+            else:
+                if elements is None or elements <= 0:
+                    raise ValueError(f"--elements must be positive, got {elements}")
+                total, what = elements // H, f"--elements {elements} is not a multiple of T * H = {T} * {H}"
+                if elements % H:
+                    raise ValueError(what)
+            if total % T:
+                raise ValueError(f"{what}: B must be whole")
+            shapes.append((total // T, T, H))
     return shapes
 
 
@@ -144,6 +187,19 @@ def sequence_lengths(tokens: int, T_text: str) -> list[int]:
     return Ts
 
 
+def _scaling_lengths(text: str) -> list[int]:
+    bounds = positive_ints(text, "--scaling-T")
+    if len(bounds) != 2:
+        raise ValueError(f"--scaling-T takes the first and the largest T, such as 256,16384; got {text!r}")
+    return scaling.lengths(*bounds)
+
+
+def _positive(seconds: float) -> float:
+    if not seconds > 0:
+        raise ValueError(f"--time-cap must be positive seconds, got {seconds}")
+    return seconds
+
+
 def check_limits(time_budget: float | None, threads: int | None) -> None:
     if time_budget is not None and time_budget <= 0:
         raise ValueError(f"--time-budget must be positive seconds, got {time_budget}")
@@ -154,39 +210,58 @@ def check_limits(time_budget: float | None, threads: int | None) -> None:
 def config_from_args(args: argparse.Namespace) -> Config:
     """The sweep to run; a ValueError that names the argument for anything it cannot be."""
     kind = device_kind(args.device)
-    given = {k: getattr(args, k) for k in ("tokens", "T", "H", "dtypes", "model_shapes", "model_dtypes")}
+    given = {k: getattr(args, k) for k in ("elements", "tokens", "T", "H", "dtypes", "timings", "host_shape",
+                                           "model_shapes", "model_dtypes")}
     spec = {**(QUICK if args.quick else DEFAULTS)[kind], **{k: v for k, v in given.items() if v is not None}}
-    tokens = spec["tokens"]
-    Ts = sequence_lengths(tokens, spec["T"])
+    if args.tokens is not None and args.elements is not None:
+        raise ValueError("--tokens and --elements both size the op shapes: give one of them")
+    if args.tokens is not None:  # B*T asked for: it replaces the default B*T*H, and the other way round
+        spec["elements"] = None
+    elif args.elements is not None:
+        spec["tokens"] = None
+    if spec["tokens"] is not None and spec["tokens"] <= 0:
+        raise ValueError(f"--tokens must be positive, got {spec['tokens']}")
+    Ts, Hs = positive_ints(str(spec["T"]), "--T"), positive_ints(str(spec["H"]), "--H")
+    timings = tuple(names_in(spec["timings"], "--timings", ("graph", "eager")))
+    if "graph" in timings and kind != "cuda":
+        raise ValueError("--timings graph needs a CUDA GPU: CUDA-graph replay times the device alone")
     check_limits(args.time_budget, args.threads)
-    out = Path(args.out)
     return Config(
         device=torch.device(kind),
         cases=names_in(args.cases, "--cases", CASES),
         providers=names_in(args.backends or ",".join(cases.DEFAULT_PROVIDERS[kind]), "--backends", cases.PROVIDERS),
-        tokens=tokens, Ts=Ts, Hs=positive_ints(str(spec["H"]), "--H"),
+        shapes=op_shapes(spec["elements"], spec["tokens"], Ts, Hs),
         dtypes=names_in(spec["dtypes"], "--dtypes", cases.DTYPES),
         passes=names_in(args.passes, "--passes", cases.PASSES),
+        timings=timings, host_shape=_host_shape(spec["host_shape"]),
         model_shapes=_model_shapes(spec["model_shapes"]),
         model_dtypes=names_in(spec["model_dtypes"], "--model-dtypes", model_step.DTYPES),
-        budget=BUDGETS["quick" if args.quick else kind], out=out, quick=args.quick,
+        scaling_Ts=_scaling_lengths(args.scaling_T),
+        scaling_shape=_dims(args.scaling_shape, "--scaling-shape", "16x64"), time_cap=_positive(args.time_cap),
+        budget=BUDGETS["quick" if args.quick else kind], out=Path(args.out), quick=args.quick,
         time_budget=args.time_budget, threads=args.threads, seed=args.seed,
     )
 
 
 def _group_specs(cfg: Config):
-    """(description, number of candidates, build) for every group, in the order they run."""
+    """(description, number of rows, build) for every group, in the order they run: the host-cost rows first
+    (seconds in all), then the op shapes, T outermost (the longest sequences, slowest to check, last), then the
+    model case."""
     specs = []
+    n = len(cfg.providers)
     if cases.CASE in cfg.cases:
-        # Shapes outermost: a sweep cut short by --time-budget still has every dtype of the shapes it ran.
-        for T in cfg.Ts:
-            for H in cfg.Hs:
-                for dtype in cfg.dtypes:
-                    for pass_ in cfg.passes:
-                        B = cfg.tokens // T
-                        specs.append((f"{cases.CASE} {pass_} {dtype} B={B} T={T} H={H}", len(cfg.providers),
-                                      lambda p=pass_, d=dtype, B=B, T=T, H=H: cases.op_group(
-                                          p, cases.DTYPES[d], B, T, H, cfg.providers, cfg.device, cfg.seed)))
+        if cfg.host_shape is not None:
+            B, T, H = cfg.host_shape
+            for dtype in cfg.dtypes:
+                specs.append((f"{cases.CASE} fwd+bwd {dtype} B={B} T={T} H={H} host", n,
+                              lambda d=dtype, B=B, T=T, H=H: cases.op_group(
+                                  "fwd+bwd", d, B, T, H, cfg.providers, cfg.device, cfg.seed, timings=HOST_TIMINGS)))
+        for B, T, H in cfg.shapes:
+            for dtype in cfg.dtypes:
+                for pass_ in cfg.passes:
+                    specs.append((f"{cases.CASE} {pass_} {dtype} B={B} T={T} H={H}", n * len(cfg.timings),
+                                  lambda p=pass_, d=dtype, B=B, T=T, H=H: cases.op_group(
+                                      p, d, B, T, H, cfg.providers, cfg.device, cfg.seed, timings=cfg.timings)))
     if model_step.CASE in cfg.cases:
         ours = len(model_step.OUR_BACKENDS[cfg.device.type])
         for B, T in cfg.model_shapes:
@@ -201,12 +276,15 @@ def _group_specs(cfg: Config):
 
 def progress_line(row: dict) -> str:
     shape = " ".join(f"{k}={v}" for k, v in row["shape"].items())
-    head = f"{row['case']} {row['pass']} {row['dtype']} {shape} {row['backend']}:"
+    head = f"{row['case']} {row['pass']} {row['dtype']} {shape} {row['backend']} [{row['timing']}]:"
     if row["status"] != "ok":
         return f"{head} {row['status']}"
-    line = (f"{head} {fmt_ms(row['ms_p50'])} ms (p20 {fmt_ms(row['ms_p20'])}, p80 {fmt_ms(row['ms_p80'])}), "
-            f"{row['tflops']:.3g} TFLOP/s, {row['gbps']:.3g} GB/s")
-    return line + (f", {row['parity_err']:.1e} off" if row["parity_err"] is not None else "")
+    line = f"{head} {fmt_ms(row['ms_p50'])} ms (p20 {fmt_ms(row['ms_p20'])}, p80 {fmt_ms(row['ms_p80'])})"
+    if row["tflops"] is not None:
+        line += f", {row['tflops']:.3g} TFLOP/s, {row['gbps']:.3g} GB/s"
+    if row["parity_err"] is not None:
+        line += f", {row['parity_err']:.1e} off"
+    return line + (f" ({row['detail']})" if row["detail"] else "")
 
 
 def output_path(cfg: Config, env: dict) -> Path:
@@ -230,21 +308,24 @@ def run(args: argparse.Namespace) -> int:
           f"lstm_attn {env['version']} at {env['git_commit']}", flush=True)
     for name, status in env["backends"].items():
         print(f"  backend {name}: {status}", flush=True)
-    dtypes = set()
+    labels = {"float32"} if scaling.CASE in cfg.cases else set()
     if cases.CASE in cfg.cases:
-        dtypes |= {cases.DTYPES[d] for d in cfg.dtypes}
+        labels |= set(cfg.dtypes)
     if model_step.CASE in cfg.cases:
-        dtypes |= {model_step.DTYPES[d][0] for d in cfg.model_dtypes}
-    ceilings = measure_ceilings(cfg.device, sorted(dtypes, key=str), quick=cfg.quick)
+        labels |= {d.removesuffix("-autocast") for d in cfg.model_dtypes}
+    ceilings = measure_ceilings(cfg.device, sorted(labels), quick=cfg.quick)
     print(f"  ceilings: copy {ceilings['copy_gbps']:.3g} GB/s, matmul "
           + ", ".join(f"{d} {v:.3g} TFLOP/s" for d, v in ceilings["matmul_tflops"].items()), flush=True)
 
     specs = _group_specs(cfg)
     total = sum(n for _, n, _ in specs)
+    if scaling.CASE in cfg.cases:
+        total += len(scaling.providers(cfg.device)) * len(cfg.scaling_Ts)
     doc = {
         "schema": schema.SCHEMA, "env": env, "ceilings": ceilings,
         "models": {cases.CASE: cases.op_work.__doc__.strip(), model_step.CASE: model_step.model_work.__doc__.strip()},
-        "config": {"argv": sys.argv[1:], "quick": cfg.quick, "tokens": cfg.tokens, "budget": vars(cfg.budget),
+        "config": {"argv": sys.argv[1:], "quick": cfg.quick, "shapes": cfg.shapes, "timings": list(cfg.timings),
+                   "host_shape": cfg.host_shape, "budget": vars(cfg.budget),
                    "time_budget_s": cfg.time_budget, "not_run": []},
         "rows": [],
     }
@@ -270,10 +351,18 @@ def run(args: argparse.Namespace) -> int:
         schema.dump(doc, path)
         if cfg.device.type == "cuda":
             torch.cuda.empty_cache()  # the next shape's inputs get the whole device
+    if scaling.CASE in cfg.cases:
+        if cfg.time_budget is not None and time.perf_counter() - started > cfg.time_budget:
+            doc["config"]["not_run"].append(f"{scaling.CASE}: every point")
+        else:
+            B, H = cfg.scaling_shape
+            doc["rows"].extend(scaling.scaling_rows(cfg.device, cfg.scaling_Ts, H=H, B=B, time_cap=cfg.time_cap,
+                                                    progress=progress, stamp=stamp))
+            doc["models"][scaling.CASE] = scaling.__doc__.strip()
     schema.dump(doc, path)
     if doc["config"]["not_run"]:
         print(f"not run (time budget of {cfg.time_budget} s spent, or set-up failed): "
               + "; ".join(doc["config"]["not_run"]), flush=True)
     print(f"wrote {path} ({len(doc['rows'])} rows, {time.perf_counter() - started:.0f} s)\n", flush=True)
-    print(device_tables([doc]), flush=True)
+    print(timing_sections(merge([Run(str(path), doc)])), flush=True)
     return 0

@@ -1,0 +1,38 @@
+"""The README's figures against the committed files they come from (lstm_attn.bench.readme)."""
+
+from pathlib import Path
+
+import pytest
+
+from lstm_attn.bench import readme
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_every_generated_table_in_the_readme_matches_its_files():
+    assert readme.BLOCK.search(README.read_text()), "the README has no generated block"
+    stale = readme.update(README, check=True)
+    assert not stale, f"README tables differ from their files; run `lstm-attn report --readme README.md`: {stale}"
+
+
+def test_a_stale_block_is_found_and_rewritten(tmp_path):
+    results = README.parent / "benchmarks" / "results" / "profile-nvidia-h200-2026-11-27.json"
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"Intro.\n<!-- generated: profile {results} -->\n| typed | by hand |\n"
+                   "<!-- end generated -->\nEnd.\n")
+    assert readme.update(doc, check=True) == [f"profile {results}"]
+    assert "| typed | by hand |" in doc.read_text()  # --check changes nothing
+    assert readme.update(doc) == [f"profile {results}"]
+    text = doc.read_text()
+    assert text.startswith("Intro.\n") and text.endswith("<!-- end generated -->\nEnd.\n")
+    assert "| typed | by hand |" not in text and "| dtype | B | T | H | backend |" in text
+    assert readme.update(doc, check=True) == []
+
+
+@pytest.mark.parametrize("spec, message", [("plot x.json", "unknown kind 'plot'"), ("eager", "names no file"),
+                                           ("eager missing.json", "no file")])
+def test_bad_blocks_are_clear_errors(tmp_path, spec, message):
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"<!-- generated: {spec} -->\n<!-- end generated -->\n")
+    with pytest.raises(ValueError, match=message):
+        readme.update(doc)
