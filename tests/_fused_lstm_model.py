@@ -70,7 +70,8 @@ class Group:
                 for j in range(self.cluster):  # phase 1: the products, from each block's own hbuf
                     for g in range(n):
                         if 0 <= s - g < T:
-                            a = hbuf[j][cur][:, :Hp] if g == 0 else hbuf[j][cur][:, self.off_x(1):self.off_x(1) + 2 * Hp]
+                            lo, depth = (0, Hp) if g == 0 else (self.off_x(1), 2 * Hp)
+                            a = hbuf[j][cur][:, lo:lo + depth]
                             gates_s[j, g] = a @ self.w[g][j].T  # ColMajor B: B(k, n) = slice[n][k]
                 for j in range(self.cluster):  # phase 2: the cells, writing every block's next buffer
                     r, u, b, unit, valid = self.cells(row0, B, j)

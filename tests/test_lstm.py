@@ -402,7 +402,8 @@ def test_model_runs_its_lstm_through_the_op_with_the_seeds_state_dict(cpu_as_fus
         results.append({"output": y, **{f"grad {n}": p.grad for n, p in model.named_parameters()}})
     assert cpu_as_fused_lstm == ["cpu"] and not module_calls
     for name, value in results[1].items():
-        torch.testing.assert_close(results[0][name], value, rtol=1e-4, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(results[0][name], value, rtol=1e-4, atol=1e-6,
+                                   msg=lambda m, name=name: f"{name}: {m}")
     # fullgraph: no graph break anywhere (the nn.LSTM path cannot: Dynamo refuses nn.LSTM objects).
     torch._dynamo.reset()
     compiled = torch.compile(ours.eval(), fullgraph=True, backend="aot_eager")

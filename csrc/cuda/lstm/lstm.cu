@@ -36,7 +36,8 @@ namespace plan = ::lstm_attn::lstm;
 constexpr int kStepThreads = 256;
 
 template <class T>
-__global__ void step_forward_kernel(float* pre, const float* c_prev, float* c, T* h, int64_t cells, int H) {
+__global__ void __launch_bounds__(kStepThreads, kMinBlocksPerSm)
+    step_forward_kernel(float* pre, const float* c_prev, float* c, T* h, int64_t cells, int H) {
   const int64_t i = int64_t(blockIdx.x) * kStepThreads + threadIdx.x;
   if (i >= cells) return;
   const int u = static_cast<int>(i % H);
@@ -51,8 +52,9 @@ __global__ void step_forward_kernel(float* pre, const float* c_prev, float* c, T
 }
 
 template <class T>
-__global__ void step_backward_kernel(const float* gates, const float* c, const float* c_prev, const float* dh,
-                                     float* dc, T* d_pre, int64_t cells, int H) {
+__global__ void __launch_bounds__(kStepThreads, kMinBlocksPerSm)
+    step_backward_kernel(const float* gates, const float* c, const float* c_prev, const float* dh, float* dc, T* d_pre,
+                         int64_t cells, int H) {
   const int64_t i = int64_t(blockIdx.x) * kStepThreads + threadIdx.x;
   if (i >= cells) return;
   const int u = static_cast<int>(i % H);
