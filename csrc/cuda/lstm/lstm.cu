@@ -3,7 +3,8 @@
 // lstm_kernels.cuh, the design in lstm.h).
 //
 // Plans (LSTM_ATTN_LSTM_PLAN selects one; the default is auto):
-//   auto      the fused kernels where they run (H <= 256 in a compiled bucket; clusters need sm_90), else stepwise
+//   auto      the fused kernels where they run (H <= 256 in a compiled bucket, clusters need sm_90, and the GPU
+//             gives a block their shared memory), else stepwise
 //   fused     the fused kernels, or an error that says why they cannot run
 //   stepwise  a cuBLAS product and a small elementwise kernel per step (csrc/cpu/lstm.h): the simple fallback
 // The fused float32 products use TF32 where torch.backends.cudnn.allow_tf32 allows it (PyTorch's default): the
@@ -148,10 +149,14 @@ std::string fused_unsupported(const at::Tensor& x, int64_t H, Shape* shape) {
   if (x.size(0) == 0) return "the batch is empty";
   if (x.size(0) > INT_MAX / 2 || x.size(1) > INT_MAX / 2) return "B or T is too large for one launch";
   with_bucket(Hp, [&](auto bucket) { *shape = fused_shape<decltype(bucket)::value>(path_for(x.scalar_type())); });
-  int major = 0;
+  int major = 0, optin = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, x.get_device()));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, x.get_device()));
   if (shape->cluster > 1 && major < 9)
     return "H = " + std::to_string(H) + " in this dtype needs thread-block clusters (sm_90 or newer)";
+  if (shape->smem > static_cast<size_t>(optin))
+    return "they need " + std::to_string(shape->smem) + " bytes of shared memory per block; this GPU allows " +
+           std::to_string(optin);
   return "";
 }
 

@@ -104,6 +104,7 @@ struct Shape {
   int layers;   // per launch
   int units;    // hidden units per block (hs)
   int cluster;  // blocks per cluster
+  size_t smem;  // dynamic shared memory per block, the larger of the two kernels'
 };
 
 // Per bucket Hp (64, 128, 256), compiled in lstm_hdim<Hp>.cu.

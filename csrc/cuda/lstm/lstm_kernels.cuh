@@ -4,6 +4,7 @@
 
 #include <cooperative_groups.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "cuda/common.cuh"
@@ -537,7 +538,7 @@ Shape fused_shape(Path path) {
   Shape shape{};
   with_config<Hp>(path, [&](auto cfg) {
     using Cfg = decltype(cfg);
-    shape = Shape{Cfg::Hp, Cfg::kLayers, Cfg::hs, Cfg::kCluster};
+    shape = Shape{Cfg::Hp, Cfg::kLayers, Cfg::hs, Cfg::kCluster, std::max(Cfg::kFwdBytes, Cfg::kBwdBytes)};
   });
   return shape;
 }
