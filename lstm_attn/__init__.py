@@ -1,11 +1,11 @@
-"""lstm_attn: fused attention + residual + LayerNorm kernels behind the seed's LSTMWithAttention API."""
+"""lstm_attn: fused attention + residual + LayerNorm and LSTM kernels behind the seed's LSTMWithAttention API."""
 
 from lstm_attn.backends import available_backends
-from lstm_attn.functional import attention_layernorm, softmax_pool
+from lstm_attn.functional import attention_layernorm, lstm, softmax_pool
 
 __version__ = "0.1.0"
 
-__all__ = ["AttentionLayer", "LSTMWithAttention", "attention_layernorm", "available_backends", "softmax_pool",
+__all__ = ["AttentionLayer", "LSTMWithAttention", "attention_layernorm", "available_backends", "lstm", "softmax_pool",
            "__version__"]
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from torch import Tensor
 
 from lstm_attn import ops, plans, reference
 
@@ -27,6 +28,14 @@ AUTO_GPU_WHEN = {
     "cuda": lambda dtype, head_dim: dtype == torch.bfloat16 and head_dim <= 128,
     "triton": lambda dtype, head_dim: False,
 }
+
+# The LSTM (lstm_attn.lstm) has its own choice. On CPU "auto" keeps PyTorch's LSTM (reference): oneDNN fuses it,
+# and the cpu backend's LSTM is the step-by-step plan, there to test the CUDA kernels' arithmetic, not to be fast
+# (forward+backward, B=32 T=256 H=128, 2 layers, float32, 2-core AMD EPYC, 2026-12-01: 192 ms against 414 ms).
+# On a GPU "auto" takes the cuda backend's fused LSTM kernels only where a measured run showed them faster than
+# cuDNN's; they have not run on a GPU yet, so nowhere so far.
+AUTO_LSTM_ORDER = {"cuda": ("cuda", "reference"), "cpu": ("reference",)}
+AUTO_GPU_LSTM_WHEN = {"cuda": lambda dtype, hidden_size: False}
 
 # Backends seen to fail on a given GPU architecture: "auto" skips them there and available_backends says why.
 # Filled from real runs only (see benchmarks/device_check.sh); key (backend, "sm_XY").
@@ -54,11 +63,18 @@ class Backend:
     status: Callable[[torch.device], BackendStatus]
     attention_layernorm: Callable
     softmax_pool: Callable
+    lstm: Callable | None = None  # lstm_attn.lstm's implementation, if the backend has one
+    # Whether LSTMWithAttention runs its LSTM through `lstm` rather than its nn.LSTM submodule: only for fused LSTM
+    # kernels, which nn.LSTM does not have; a CPU's nn.LSTM is already oneDNN's fused one.
+    fused_lstm: bool = False
 
-    def unsupported_reason(self, dtype: torch.dtype, head_dim: int) -> str | None:
+    def unsupported_reason(self, dtype: torch.dtype, head_dim: int, op: str = "attention") -> str | None:
+        if op == "lstm" and self.lstm is None:
+            return f"backend {self.name!r} has no LSTM kernels"
         if dtype not in self.dtypes:
             return f"backend {self.name!r} supports {', '.join(map(str, self.dtypes))}, not {dtype}"
-        if self.max_head_dim is not None and head_dim > self.max_head_dim:
+        # The CUDA LSTM serves any H: past its fused kernels' sizes it runs step by step.
+        if op == "attention" and self.max_head_dim is not None and head_dim > self.max_head_dim:
             return f"backend {self.name!r} supports H up to {self.max_head_dim}, got H = {head_dim}"
         return None
 
@@ -153,14 +169,40 @@ def _triton_softmax_pool(x, u, c):
     return ops.triton_kernels.SoftmaxPoolFunction.apply(x, u, c)
 
 
+def _dropout_mask(x: Tensor, layers: int, hidden_size: int, p: float, training: bool) -> Tensor | None:
+    """The inter-layer dropout mask (layers - 1, T, B, H): what nn.LSTM's dropout draws, layer after layer, on each
+    layer's time-major output, so that on CPU the same seed gives the same mask (torch.dropout of ones: 0 or
+    1 / (1 - p))."""
+    if not training or p == 0 or layers == 1:
+        return None
+    B, T = x.shape[:2]
+    return torch.stack([torch.dropout(x.new_ones(T, B, hidden_size), p, True) for _ in range(layers - 1)])
+
+
+def _extension_lstm(x, weights, h0, c0, dropout, training):
+    # PyTorch's autocast has no rule for this op: it runs in the autocast dtype (where torch's own LSTM would run in
+    # float16 on CUDA whatever the autocast dtype), the casts staying in the autograd graph.
+    if torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x, h0, c0 = (None if t is None else t.to(dtype) for t in (x, h0, c0))
+        weights = [w.to(dtype) for w in weights]
+    L, B, H = len(weights) // 4, x.shape[0], weights[1].shape[1]
+    zeros = x.new_zeros(L, B, H)
+    output, h_n, c_n, *_ = torch.ops.lstm_attn.lstm_fwd(x, weights, zeros if h0 is None else h0,
+                                                        zeros if c0 is None else c0,
+                                                        _dropout_mask(x, L, H, dropout, training), False)
+    return output, (h_n, c_n)
+
+
 _REGISTRY = {
     b.name: b
     for b in (
         Backend("reference", _ALL_DTYPES, None, _reference_status, reference.attention_layernorm,
-                reference.softmax_pool),
-        Backend("cpu", _ALL_DTYPES, None, _cpu_status, _cpu_attention_layernorm, _extension_softmax_pool),
+                reference.softmax_pool, reference.lstm),
+        Backend("cpu", _ALL_DTYPES, None, _cpu_status, _cpu_attention_layernorm, _extension_softmax_pool,
+                _extension_lstm),
         Backend("cuda", _GPU_DTYPES, GPU_MAX_HEAD_DIM, _cuda_status, _cuda_attention_layernorm,
-                _extension_softmax_pool),
+                _extension_softmax_pool, _extension_lstm, fused_lstm=True),
         Backend("triton", _GPU_DTYPES, GPU_MAX_HEAD_DIM, _triton_status, _triton_attention_layernorm,
                 _triton_softmax_pool),
     )
@@ -185,37 +227,50 @@ def check_backend_name(backend: str) -> None:
         raise ValueError(f"backend must be 'auto' or one of {', '.join(map(repr, BACKENDS))}; got {backend!r}")
 
 
-# resolve's answers by (backend, device, dtype, head_dim). Nothing a choice depends on changes in a running
+# resolve's answers by (backend, device, dtype, head_dim, op). Nothing a choice depends on changes in a running
 # process (what was built, the devices, KNOWN_FAILURES), and every eager op call asks: on the triton path the
 # uncached choice cost about a tenth of the call's host time.
 _RESOLVED: dict[tuple, Backend] = {}
 
 
-def resolve(backend: str, device, dtype: torch.dtype, head_dim: int) -> Backend:
-    """The backend that will run for these inputs; a clear error if the one asked for cannot."""
-    key = (backend, device, dtype, head_dim)
+def resolve(backend: str, device, dtype: torch.dtype, head_dim: int, op: str = "attention") -> Backend:
+    """The backend that will run for these inputs; a clear error if the one asked for cannot.
+
+    op: "attention" (attention_layernorm and softmax_pool; head_dim is H) or "lstm" (head_dim is the hidden size).
+    """
+    key = (backend, device, dtype, head_dim, op)
     chosen = _RESOLVED.get(key)
     if chosen is None:
-        chosen = _RESOLVED[key] = _resolve(backend, device, dtype, head_dim)
+        chosen = _RESOLVED[key] = _resolve(backend, device, dtype, head_dim, op)
     return chosen
 
 
-def _resolve(backend: str, device, dtype: torch.dtype, head_dim: int) -> Backend:
+def _resolve(backend: str, device, dtype: torch.dtype, head_dim: int, op: str) -> Backend:
     check_backend_name(backend)
     device = _as_device(device)
     if backend == "auto":
-        for name in AUTO_ORDER.get(device.type, ("reference",)):
+        order, when = (AUTO_LSTM_ORDER, AUTO_GPU_LSTM_WHEN) if op == "lstm" else (AUTO_ORDER, AUTO_GPU_WHEN)
+        for name in order.get(device.type, ("reference",)):
             candidate = _REGISTRY[name]
-            if device.type == "cuda" and not AUTO_GPU_WHEN.get(name, lambda *_: True)(dtype, head_dim):
+            if device.type == "cuda" and not when.get(name, lambda *_: True)(dtype, head_dim):
                 continue
-            if candidate.status(device).available and candidate.unsupported_reason(dtype, head_dim) is None:
+            if candidate.status(device).available and candidate.unsupported_reason(dtype, head_dim, op) is None:
                 return candidate
         return _REGISTRY["reference"]
     chosen = _REGISTRY[backend]
     status = chosen.status(device)
     if not status.available:
         raise RuntimeError(f"backend={backend!r} is not available on {device}: {status.reason}")
-    reason = chosen.unsupported_reason(dtype, head_dim)
+    reason = chosen.unsupported_reason(dtype, head_dim, op)
     if reason:
         raise ValueError(reason)
     return chosen
+
+
+def model_uses_lstm_op(backend: str, device, dtype: torch.dtype, hidden_size: int) -> bool:
+    """Whether LSTMWithAttention with this `backend` runs its LSTM through lstm_attn.lstm (where the backend
+    resolves to fused LSTM kernels) rather than its nn.LSTM submodule. A backend without LSTM kernels (triton)
+    leaves the LSTM to nn.LSTM rather than failing: its name picks the attention's kernels."""
+    if backend != "auto" and _REGISTRY[backend].lstm is None:
+        return False
+    return resolve(backend, device, dtype, hidden_size, op="lstm").fused_lstm

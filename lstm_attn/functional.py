@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from lstm_attn import backends
-from lstm_attn.validation import check_attention_layernorm, check_softmax_pool
+from lstm_attn.validation import check_attention_layernorm, check_lstm, check_softmax_pool
 
 
 def attention_layernorm(q: Tensor, k: Tensor, v: Tensor, residual: Tensor, weight: Tensor, bias: Tensor,
@@ -34,3 +34,18 @@ def softmax_pool(x: Tensor, u: Tensor, c: Tensor, backend: str = "auto") -> Tens
     check_softmax_pool(x, u, c)
     impl = backends.resolve(backend, x.device, x.dtype, x.shape[-1])
     return impl.softmax_pool(x.contiguous(), u.contiguous(), c.contiguous())
+
+
+def lstm(x: Tensor, weights, h0: Tensor | None = None, c0: Tensor | None = None, dropout: float = 0.0,
+         training: bool = False, backend: str = "auto") -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """nn.LSTM(batch_first=True) as a function of its flat weights: returns (output, (h_n, c_n)).
+
+    x: (B, T, input_size). weights: [weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0, weight_ih_l1, ...] in the
+    order nn.LSTM._flat_weights holds them, so `lstm(x, m._flat_weights)` runs module m; gates i, f, g, o. h0, c0:
+    (num_layers, B, H), zeros when None. dropout: the probability of dropping each layer's output on its way to
+    the next, in training only (nn.LSTM's dropout). Differentiable in x, h0, c0 and every weight. output
+    (B, T, H), h_n and c_n (num_layers, B, H). backend: "auto", "reference" (PyTorch's LSTM), "cpu" or "cuda".
+    """
+    check_lstm(x, weights, h0, c0, dropout, training)
+    impl = backends.resolve(backend, x.device, x.dtype, weights[1].shape[1], op="lstm")
+    return impl.lstm(x, list(weights), h0, c0, float(dropout), training)

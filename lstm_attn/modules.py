@@ -2,7 +2,9 @@
 
 Constructor arguments, submodules and state_dict keys are the seed's, so a checkpoint moves both ways
 with load_state_dict(strict=True); the one addition is `backend`, which picks the kernels of
-lstm_attn.softmax_pool / lstm_attn.attention_layernorm (see AttentionLayer for its full-sequence output).
+lstm_attn.softmax_pool / lstm_attn.attention_layernorm (see AttentionLayer for its full-sequence output) and,
+where it resolves to fused LSTM kernels (cuda), of the LSTM: the nn.LSTM submodule's weights then run through
+lstm_attn.lstm.
 
 The seed's forward reads only the last row of the attention output. For that row attention collapses,
 exactly, to a softmax-weighted mean of the LSTM output (AttentionLayer.last_step), so the model never
@@ -21,8 +23,9 @@ from torch import Tensor
 from torch.nn import LayerNorm
 
 from lstm_attn import host
-from lstm_attn.backends import check_backend_name, resolve
+from lstm_attn.backends import check_backend_name, model_uses_lstm_op, resolve
 from lstm_attn.functional import attention_layernorm, softmax_pool
+from lstm_attn.functional import lstm as lstm_op
 
 
 def _kernel_backend(backend: str) -> str:
@@ -120,9 +123,45 @@ class LSTMWithAttention(pl.LightningModule):
         self.layer_norm = LayerNorm(hidden_size)
         self.fc = nn.Linear(hidden_size, output_size)
         self.loss_fn = nn.MSELoss()
+        # What the LSTM op needs of the nn.LSTM, also held here: under torch.compile, touching an nn.LSTM object
+        # at all makes Dynamo refuse it (a graph break; an error with fullgraph=True). The parameter objects are
+        # nn.LSTM's own, re-read wherever PyTorch may replace them (_apply, load_state_dict).
+        self._lstm_dropout = float(dropout)
+        self._refresh_lstm_weights()
+        self.register_load_state_dict_post_hook(lambda module, keys: module._refresh_lstm_weights())
+        self._graphed = None  # set by use_cuda_graph
+
+    def use_cuda_graph(self, enabled: bool = True) -> LSTMWithAttention:
+        """Train with each step's forward, loss and backward captured once in a CUDA graph and replayed
+        (lstm_attn.training.cuda_graph): one launch of host time per step. Call before Trainer.fit; needs a GPU and
+        one process, and no float16 gradient scaler (32-true or bf16-mixed). The optimizer step, fused Adam, runs
+        after each replay through Lightning (manual optimization), so step counts, checkpoints and the update are
+        Lightning's and Adam's as in eager training. Returns self."""
+        from lstm_attn.training.cuda_graph import GraphedForwardBackward
+
+        self._graphed = GraphedForwardBackward() if enabled else None
+        self.automatic_optimization = not enabled
+        return self
+
+    def _refresh_lstm_weights(self) -> None:
+        self._lstm_weights = tuple(getattr(self.lstm, name) for name in self.lstm._flat_weights_names)
+
+    def _apply(self, fn, *args, **kwargs):
+        result = super()._apply(fn, *args, **kwargs)
+        self._refresh_lstm_weights()
+        return result
+
+    def _lstm(self, x: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """The LSTM on x: through lstm_attn.lstm where the backend resolves to fused LSTM kernels, with the
+        submodule's own parameters (so parameters and state_dict stay nn.LSTM's); else the submodule itself."""
+        backend = _kernel_backend(self.attention.backend)
+        weights = self._lstm_weights
+        if model_uses_lstm_op(backend, x.device, weights[1].dtype, weights[1].shape[1]):
+            return lstm_op(x, list(weights), dropout=self._lstm_dropout, training=self.training, backend=backend)
+        return _run_lstm(self.lstm, x)
 
     def forward(self, x: Tensor) -> Tensor:
-        lstm_out, _ = _run_lstm(self.lstm, x)
+        lstm_out, _ = self._lstm(x)
         last = lstm_out[:, -1]
         return self.fc(self.layer_norm(self.attention.last_step(lstm_out) + last))
 
@@ -132,7 +171,7 @@ class LSTMWithAttention(pl.LightningModule):
         The seed computes this whole tensor and keeps its last row; forward needs only that row. This is for
         callers who want every step, through the fused attention + residual + LayerNorm op.
         """
-        h, _ = _run_lstm(self.lstm, x)
+        h, _ = self._lstm(x)
         attention = self.attention
         # Under autocast the Linear outputs and the LSTM output may be in a lower precision than LayerNorm's
         # parameters; the fused op takes one dtype, that of the sequence it streams (it accumulates in float32).
@@ -143,8 +182,12 @@ class LSTMWithAttention(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        y_hat = self(x)
-        loss = self.loss_fn(y_hat, y)
+        if self._graphed is not None:
+            loss = self._graphed(self, x, y)
+            self.optimizers().step()  # the gradients are the graph's, overwritten by each replay: no zero_grad
+        else:
+            y_hat = self(x)
+            loss = self.loss_fn(y_hat, y)
         self.log("train_loss", loss)
         return loss
 
@@ -155,4 +198,5 @@ class LSTMWithAttention(pl.LightningModule):
         self.log("val_loss", loss)
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=0.001)
+        # The seed's Adam; fused (one kernel) where the step's other kernels are one graph replay.
+        return torch.optim.Adam(self.parameters(), lr=0.001, **({"fused": True} if self._graphed else {}))

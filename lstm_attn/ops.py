@@ -1,6 +1,6 @@
 """Registration of lstm_attn's ops with torch.library: fake (meta) rules, and autograd for the Triton ops.
 
-Two ops, each a forward and a backward:
+Three ops, each a forward and a backward:
 - attention_layernorm: layer_norm(softmax(q k^T * scale) v + residual). The forward also returns what the
   backward needs: the attention output before the residual (B, Tq, H, input dtype), three row statistics
   (B, Tq), float32 (float64 for float64 inputs): the log-sum-exp of the scaled scores, the LayerNorm mean and
@@ -9,6 +9,9 @@ Two ops, each a forward and a backward:
   plan by name (plans.py chooses it for the cuda backend).
 - softmax_pool: sum_j softmax_j(x_j . u + c) x_j, the memory-bound middle of the model's exact last-step
   path. Its forward also returns the log-sum-exp of the scores (B,), float32 (float64 for float64 inputs).
+- lstm: nn.LSTM(batch_first=True) over its flat weights, with an explicit dropout mask. Its forward also returns,
+  where a gradient will be asked for, every layer's h (x's dtype), cell states and gates (float32, float64 for
+  float64 inputs), from which the backward runs without recomputing the forward.
 
 The C++ schemas live in csrc/ops.cpp, with CPU kernels beside them and CUDA kernels in csrc/cuda/; the
 Triton kernels live in lstm_attn.kernels and are registered here as triton_ops under their own names, so
@@ -74,6 +77,20 @@ def _fake_softmax_pool_bwd(grad_pooled, x, u, c, pooled, lse):
     return torch.empty_like(x), torch.empty_like(u), torch.empty_like(c)
 
 
+def _fake_lstm_fwd(x, weights, h0, c0, dropout_mask, for_backward):
+    torch._check(x.dim() == 3 and len(weights) % 4 == 0 and len(weights) > 0,
+                 lambda: "lstm_fwd expects x (B, T, I) and four weights per layer")
+    L, (B, T, _), H = len(weights) // 4, x.shape, weights[1].shape[1]
+    torch._check(h0.shape == (L, B, H) and c0.shape == (L, B, H), lambda: "h0, c0 must be (L, B, H)")
+    kept = ((L, T + 1, B, H), (L, T, B, H), (L, T, B, 4 * H)) if for_backward else ((0,), (0,), (0,))
+    return (x.new_empty(B, T, H), x.new_empty(L, B, H), x.new_empty(L, B, H), x.new_empty(kept[0]),
+            _row_stats(x, *kept[1]), _row_stats(x, *kept[2]))
+
+
+def _fake_lstm_bwd(grad_output, grad_h_n, grad_c_n, x, weights, h0, c0, dropout_mask, hidden, cell, gates):
+    return x.new_empty(x.shape), [w.new_empty(w.shape) for w in weights], h0.new_empty(h0.shape), c0.new_empty(c0.shape)
+
+
 def _register_attention_layernorm_autograd(fwd_name: str, bwd_op) -> None:
     def setup_context(ctx, inputs, output):
         q, k, v, residual, weight, bias, eps, scale = inputs
@@ -107,6 +124,8 @@ if EXTENSION_ERROR is None:
     torch.library.register_fake("lstm_attn::attention_layernorm_bwd")(_fake_attention_layernorm_bwd)
     torch.library.register_fake("lstm_attn::softmax_pool_fwd")(_fake_softmax_pool_fwd)
     torch.library.register_fake("lstm_attn::softmax_pool_bwd")(_fake_softmax_pool_bwd)
+    torch.library.register_fake("lstm_attn::lstm_fwd")(_fake_lstm_fwd)
+    torch.library.register_fake("lstm_attn::lstm_bwd")(_fake_lstm_bwd)
     # Their autograd is C++ (csrc/autograd.cpp): a Python autograd.Function would cost host time on every call.
 
 

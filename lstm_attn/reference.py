@@ -91,3 +91,12 @@ def softmax_pool(x, u, c):
     scores = torch.matmul(x, u.unsqueeze(-1)).squeeze(-1) + c.unsqueeze(-1)
     weights = torch.softmax(scores, dim=-1)
     return torch.matmul(weights.unsqueeze(1), x).squeeze(1)
+
+
+def lstm(x, weights, h0=None, c0=None, dropout=0.0, training=False):
+    """nn.LSTM(batch_first=True) with both biases as a function of its flat weights: PyTorch's own LSTM (cuDNN on a
+    GPU, oneDNN on a CPU), exactly what the module runs. Returns (output, (h_n, c_n))."""
+    zeros = x.new_zeros(len(weights) // 4, x.shape[0], weights[1].shape[1])
+    output, h_n, c_n = torch.lstm(x, (zeros if h0 is None else h0, zeros if c0 is None else c0), weights, True,
+                                  len(weights) // 4, dropout, training, False, True)
+    return output, (h_n, c_n)

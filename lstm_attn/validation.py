@@ -96,3 +96,44 @@ def check_softmax_pool(x, u, c) -> None:
     if c.shape != (B,):
         raise ValueError(f"c has shape {tuple(c.shape)}; expected (B,) = ({B},) to match x {tuple(x.shape)}")
     _check_same_device_and_dtype({"x": x, "u": u, "c": c})
+
+
+_LSTM_WEIGHT_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+
+def check_lstm(x, weights, h0, c0, dropout, training) -> None:
+    _check_tensor("x", x, 3, "(B, T, input_size); batch_first, as nn.LSTM(batch_first=True) takes it")
+    _, T, input_size = x.shape
+    _check_positive("x", T, "T (dim 1)")
+    _check_positive("x", input_size, "input_size (dim 2)")
+    if not isinstance(weights, (list, tuple)) or not all(isinstance(w, torch.Tensor) for w in weights):
+        raise TypeError("weights must be a list of tensors: an nn.LSTM's _flat_weights "
+                        "[weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0, weight_ih_l1, ...]")
+    if len(weights) == 0 or len(weights) % 4:
+        raise ValueError(f"weights must hold four tensors per layer (weight_ih, weight_hh, bias_ih, bias_hh), as an "
+                         f"nn.LSTM with bias=True and proj_size=0 holds them; got {len(weights)}")
+    _check_tensor("weights[1] (weight_hh_l0)", weights[1], 2, "(4H, H)")
+    hidden = weights[1].shape[1]
+    _check_positive("weights[1] (weight_hh_l0)", hidden, "H (dim 1)")
+    named = {"x": x}
+    for i, w in enumerate(weights):
+        layer, kind = divmod(i, 4)
+        name = f"weights[{i}] ({_LSTM_WEIGHT_NAMES[kind]}_l{layer})"
+        expected = ((4 * hidden, input_size if layer == 0 else hidden), (4 * hidden, hidden), (4 * hidden,),
+                    (4 * hidden,))[kind]
+        if tuple(w.shape) != expected:
+            raise ValueError(f"{name} has shape {tuple(w.shape)}; expected {expected} for H = {hidden}"
+                             f"{' and input_size = ' + str(input_size) if kind == 0 and layer == 0 else ''}")
+        named[name] = w
+    expected = (len(weights) // 4, x.shape[0], hidden)
+    for name, t in (("h0", h0), ("c0", c0)):
+        if t is not None:
+            _check_tensor(name, t, 3, "(num_layers, B, H)")
+            if tuple(t.shape) != expected:
+                raise ValueError(f"{name} has shape {tuple(t.shape)}; expected (num_layers, B, H) = {expected}")
+            named[name] = t
+    _check_same_device_and_dtype(named)
+    if not (_is_number(dropout) and 0 <= dropout <= 1):
+        raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
+    if not isinstance(training, bool):
+        raise TypeError(f"training must be a bool, got {training!r}")

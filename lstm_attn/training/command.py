@@ -65,6 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--output", default="runs", help="directory for logs and checkpoints (default: %(default)s)")
     run.add_argument("--compare", action="store_true",
                      help="also train the seed's model from the same seed and print both runs and the speedup")
+    run.add_argument("--cuda-graph", action="store_true",
+                     help="replay each training step's forward and backward from one CUDA graph (one GPU; "
+                          "--precision 32-true or bf16-mixed); the seed's model of --compare trains eagerly")
     run.add_argument("--no-progress", action="store_true", help="hide Lightning's progress bar")
 
 
@@ -87,6 +90,20 @@ def _cpu_autocast_note(args: argparse.Namespace) -> str | None:
             f"float32 and the rest of the model under bfloat16 autocast")
 
 
+def _check_cuda_graph(args: argparse.Namespace) -> None:
+    """--cuda-graph's requirements (lstm_attn.training.cuda_graph), refused before any training starts."""
+    if not args.cuda_graph:
+        return
+    on_gpu = args.accelerator in ("gpu", "cuda") or (args.accelerator == "auto" and torch.cuda.is_available())
+    if not on_gpu or not torch.cuda.is_available():
+        raise UsageError("--cuda-graph needs a CUDA GPU (--accelerator gpu or auto on a machine with one)")
+    if args.devices != 1:
+        raise UsageError(f"--cuda-graph trains on one GPU; got --devices {args.devices}")
+    if args.precision not in ("32-true", "bf16-mixed"):
+        raise UsageError(f"--cuda-graph takes --precision 32-true or bf16-mixed, not {args.precision} (16-mixed "
+                         f"scales the loss with a gradient scaler, which the captured step leaves out)")
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         if args.csv is None:
@@ -99,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
             series, season = load_csv(args.csv, args.column, args.fill), args.season
         split = split_by_time(series, args.window, args.horizon, args.val_fraction, season)
         precision_note = _cpu_autocast_note(args)
+        _check_cuda_graph(args)
     except (DataError, UsageError) as exc:
         print(f"lstm-attn train: error: {exc}", file=sys.stderr)
         return 2
@@ -114,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
         pl.seed_everything(args.seed, workers=True, verbose=False)
         model = model_class(input_size=1, hidden_size=args.hidden_size, num_layers=args.num_layers,
                             dropout=args.dropout, **extra)
+        if args.cuda_graph and model_class is LSTMWithAttention:
+            model.use_cuda_graph()
         return train(model, split, output=args.output, name=name, epochs=args.epochs, batch_size=args.batch_size,
                      accelerator=args.accelerator, devices=args.devices, precision=args.precision,
                      progress=not args.no_progress)
@@ -131,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     for name, value in baselines.items():
         print(f"  {name:<28}{value:.4f}")
     print(f"training throughput: {ours.samples_per_s:.0f} samples/s (backend={args.backend}, "
-          f"precision={args.precision})")
+          f"precision={args.precision}{', CUDA graph' if args.cuda_graph else ''})")
     if seed_run is not None:
         print("\n--compare, the same seed and data:")
         print(f"  {'':<20}{'train_loss':>12}{'val_loss':>12}{'val RMSE':>10}{'samples/s':>11}")
@@ -142,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
 
     summary = {
         "series": series.name, "window": args.window, "horizon": args.horizon, "scale": split.scale,
-        "backend": args.backend, "precision": args.precision, "seed": args.seed,
+        "backend": args.backend, "precision": args.precision, "seed": args.seed, "cuda_graph": args.cuda_graph,
         "train_loss": ours.train_loss, "val_loss": ours.val_loss, "val_rmse": ours.val_rmse, "val_mae": ours.val_mae,
         "baseline_rmse": baselines, "samples_per_s": ours.samples_per_s, "best_checkpoint": ours.best_checkpoint,
     }

@@ -6,7 +6,7 @@
 #include <type_traits>
 
 #include "cuda/attention/tiled/tiled.cuh"
-#include "cuda/attention/tiled/mma.cuh"
+#include "cuda/mma.cuh"
 
 namespace lstm_attn::gpu {
 

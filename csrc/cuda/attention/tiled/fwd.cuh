@@ -5,7 +5,7 @@
 
 #include "cuda/attention/layernorm_row.cuh"
 #include "cuda/attention/tiled/tiled.cuh"
-#include "cuda/attention/tiled/mma.cuh"
+#include "cuda/mma.cuh"
 
 namespace lstm_attn::gpu {
 

@@ -1,0 +1,296 @@
+// The CUDA kernels of lstm_attn::lstm_fwd / lstm_bwd: input checks, the choice of plan, the step-by-step plan's two
+// elementwise kernels, and the host side of the fused plan (weight packing and launch parameters; its kernels are in
+// lstm_kernels.cuh, the design in lstm.h).
+//
+// Plans (LSTM_ATTN_LSTM_PLAN selects one; the default is auto):
+//   auto      the fused kernels where they run (H <= 256 in a compiled bucket, clusters need sm_90, and the GPU
+//             gives a block their shared memory), else stepwise
+//   fused     the fused kernels, or an error that says why they cannot run
+//   stepwise  a cuBLAS product and a small elementwise kernel per step (csrc/cpu/lstm.h): the simple fallback
+// The fused float32 products use TF32 where torch.backends.cudnn.allow_tf32 allows it (PyTorch's default): the
+// LSTM these kernels replace is cuDNN's, which follows that flag. The GEMMs around the recurrence (input
+// projection, weight gradients) are ATen's and follow torch.backends.cuda.matmul.allow_tf32 as every matmul does.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <climits>
+#include <cstdlib>
+#include <string>
+
+#include "checks.h"
+#include "cpu/lstm.h"
+#include "cuda/common.cuh"
+#include "cuda/lstm/lstm.h"
+#include "lstm_cell.h"
+
+namespace lstm_attn::gpu::lstm {
+
+namespace {
+
+namespace plan = ::lstm_attn::lstm;
+
+// The step-by-step plan's elementwise steps (csrc/cpu/lstm.h): a thread per (batch row, unit) running the cell of
+// csrc/lstm_cell.h. Simple on purpose: the plan for sizes the fused kernels do not take, and the yardstick they are
+// checked against.
+constexpr int kStepThreads = 256;
+
+template <class T>
+__global__ void __launch_bounds__(kStepThreads, kMinBlocksPerSm)
+    step_forward_kernel(float* pre, const float* c_prev, float* c, T* h, int64_t cells, int H) {
+  const int64_t i = int64_t(blockIdx.x) * kStepThreads + threadIdx.x;
+  if (i >= cells) return;
+  const int u = static_cast<int>(i % H);
+  float* row = pre + i / H * 4 * H;
+  const auto r = cell::forward(row[u], row[H + u], row[2 * H + u], row[3 * H + u], c_prev[i]);
+  row[u] = r.i;
+  row[H + u] = r.f;
+  row[2 * H + u] = r.g;
+  row[3 * H + u] = r.o;
+  c[i] = r.c;
+  h[i] = from_float<T>(r.h);
+}
+
+template <class T>
+__global__ void __launch_bounds__(kStepThreads, kMinBlocksPerSm)
+    step_backward_kernel(const float* gates, const float* c, const float* c_prev, const float* dh, float* dc, T* d_pre,
+                         int64_t cells, int H) {
+  const int64_t i = int64_t(blockIdx.x) * kStepThreads + threadIdx.x;
+  if (i >= cells) return;
+  const int u = static_cast<int>(i % H);
+  const int64_t row = i / H * 4 * H;
+  const float* g = gates + row;
+  const auto r = cell::backward(g[u], g[H + u], g[2 * H + u], g[3 * H + u], c[i], c_prev[i], dh[i], dc[i]);
+  d_pre[row + u] = from_float<T>(r.d_i);
+  d_pre[row + H + u] = from_float<T>(r.d_f);
+  d_pre[row + 2 * H + u] = from_float<T>(r.d_g);
+  d_pre[row + 3 * H + u] = from_float<T>(r.d_o);
+  dc[i] = r.dc_carry;
+}
+
+int step_blocks(int64_t cells) {
+  TORCH_CHECK(cells <= int64_t(INT_MAX) * kStepThreads, "lstm_attn: B * H = ", cells, " is too large for one step");
+  return static_cast<int>((cells + kStepThreads - 1) / kStepThreads);
+}
+
+void step_forward(const at::Tensor& pre, const at::Tensor& c_prev, const at::Tensor& c, const at::Tensor& h) {
+  const int64_t cells = c.numel();
+  if (cells == 0) return;
+  dispatch_dtype(h.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    launch(step_forward_kernel<T>, step_blocks(cells), kStepThreads, 0, c10::cuda::getCurrentCUDAStream(),
+           pre.data_ptr<float>(), c_prev.data_ptr<float>(), c.data_ptr<float>(), static_cast<T*>(h.data_ptr()), cells,
+           static_cast<int>(c.size(1)));
+  });
+}
+
+void step_backward(const at::Tensor& gates, const at::Tensor& c, const at::Tensor& c_prev, const at::Tensor& dh,
+                   const at::Tensor& dc, const at::Tensor& d_pre) {
+  const int64_t cells = c.numel();
+  if (cells == 0) return;
+  dispatch_dtype(d_pre.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    launch(step_backward_kernel<T>, step_blocks(cells), kStepThreads, 0, c10::cuda::getCurrentCUDAStream(),
+           gates.data_ptr<float>(), c.data_ptr<float>(), c_prev.data_ptr<float>(), dh.data_ptr<float>(),
+           dc.data_ptr<float>(), static_cast<T*>(d_pre.data_ptr()), cells, static_cast<int>(c.size(1)));
+  });
+}
+
+const plan::StepKernels kCudaSteps{&step_forward, &step_backward};
+
+Path path_for(c10::ScalarType dtype) {
+  if (dtype == at::kHalf) return Path::kHalf;
+  if (dtype == at::kBFloat16) return Path::kBFloat16;
+  return at::globalContext().allowTF32CuDNN() ? Path::kTf32 : Path::kFloat;
+}
+
+// The smallest compiled bucket that holds H (LSTM_ATTN_HEAD_DIMS may leave buckets out of a build), or 0. H up to 32
+// takes the 64 bucket: a step of it is latency, not arithmetic, and one bucket fewer keeps the build short.
+int bucket_for(int64_t H) {
+#ifdef LSTM_ATTN_HDIM_64
+  if (H <= 64) return 64;
+#endif
+#ifdef LSTM_ATTN_HDIM_128
+  if (H <= 128) return 128;
+#endif
+#ifdef LSTM_ATTN_HDIM_256
+  if (H <= 256) return 256;
+#endif
+  return 0;
+}
+
+// Calls f with the bucket as a std::integral_constant (only compiled buckets exist).
+template <class F>
+void with_bucket(int Hp, F&& f) {
+  switch (Hp) {
+#ifdef LSTM_ATTN_HDIM_64
+    case 64:
+      return f(std::integral_constant<int, 64>{});
+#endif
+#ifdef LSTM_ATTN_HDIM_128
+    case 128:
+      return f(std::integral_constant<int, 128>{});
+#endif
+#ifdef LSTM_ATTN_HDIM_256
+    case 256:
+      return f(std::integral_constant<int, 256>{});
+#endif
+    default:
+      TORCH_CHECK(false, "lstm_attn: no fused LSTM bucket ", Hp, " in this build");
+  }
+}
+
+// Why the fused kernels cannot run these inputs; empty if they can.
+std::string fused_unsupported(const at::Tensor& x, int64_t H, Shape* shape) {
+  if (H > 256) return "they take H up to 256, got H = " + std::to_string(H);
+  const int Hp = bucket_for(H);
+  if (Hp == 0) return "this build has no bucket for H = " + std::to_string(H) + " (LSTM_ATTN_HEAD_DIMS left it out)";
+  if (x.size(0) == 0) return "the batch is empty";
+  if (x.size(0) > INT_MAX / 2 || x.size(1) > INT_MAX / 2) return "B or T is too large for one launch";
+  with_bucket(Hp, [&](auto bucket) { *shape = fused_shape<decltype(bucket)::value>(path_for(x.scalar_type())); });
+  int major = 0, optin = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, x.get_device()));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, x.get_device()));
+  if (shape->cluster > 1 && major < 9)
+    return "H = " + std::to_string(H) + " in this dtype needs thread-block clusters (sm_90 or newer)";
+  if (shape->smem > static_cast<size_t>(optin))
+    return "they need " + std::to_string(shape->smem) + " bytes of shared memory per block; this GPU allows " +
+           std::to_string(optin);
+  return "";
+}
+
+// Layer l's weight slices for the fused kernels, in x's dtype: W_hh, or [W_ih | W_hh] for a layer above the group's
+// bottom, each zero-padded to (4, Hp, Hp), then split by units into (cluster, 4 gates x units, Kw): block j's rows
+// are the i, f, g, o rows of its units, contiguous.
+at::Tensor pack_weights(const plan::ForwardState& f, int64_t l, bool with_input, const Shape& shape) {
+  const int64_t H = f.H, Hp = shape.Hp;
+  auto padded = [&](const at::Tensor& w) {
+    at::Tensor out = at::zeros({4, Hp, Hp}, w.options());
+    out.slice(1, 0, H).slice(2, 0, H).copy_(w.view({4, H, H}));
+    return out;
+  };
+  const at::Tensor w = with_input ? at::cat({padded(f.w[4 * l]), padded(f.w[4 * l + 1])}, 2) : padded(f.w[4 * l + 1]);
+  return w.view({4, shape.cluster, shape.units, w.size(2)}).permute({1, 0, 2, 3}).contiguous();
+}
+
+// A launch's sizes: the group's n layers of f's shape.
+template <class Params>
+Params group_params(const plan::ForwardState& f, int64_t n) {
+  Params p{};
+  p.B = static_cast<int>(f.B);
+  p.T = static_cast<int>(f.T);
+  p.H = static_cast<int>(f.H);
+  p.layers = static_cast<int>(n);
+  return p;
+}
+
+// The tensors below are freed when the runner returns, before the kernel has run: PyTorch's caching allocator
+// hands their memory to no one else until the launch's stream has passed it.
+plan::ForwardGroup fused_forward_group(Path path, Shape shape) {
+  return [path, shape](plan::ForwardState& f, int64_t l0, int64_t n, const at::Tensor& proj) {
+    FwdParams p = group_params<FwdParams>(f, n);
+    p.proj = proj.data_ptr<float>();
+    at::Tensor w[kMaxLayers], bias[kMaxLayers];
+    for (int g = 0; g < n; ++g) {
+      const int64_t l = l0 + g;
+      w[g] = pack_weights(f, l, g > 0, shape);
+      p.w[g] = w[g].data_ptr();
+      if (g > 0) {
+        bias[g] = f.w[4 * l + 2].to(at::kFloat) + f.w[4 * l + 3].to(at::kFloat);
+        p.bias[g] = bias[g].data_ptr<float>();
+        p.mask[g] = f.mask ? (*f.mask)[l - 1].data_ptr() : nullptr;
+      }
+      p.h0[g] = f.h0[l].data_ptr();
+      p.c0[g] = f.c0[l].data_ptr();
+      p.hidden[g] = f.hidden[l].data_ptr();
+      p.cell[g] = f.keep ? f.cell[l].data_ptr<float>() : nullptr;
+      p.gates[g] = f.keep ? f.gates[l].data_ptr<float>() : nullptr;
+      p.c_n[g] = f.c_n[l].data_ptr();
+    }
+    with_bucket(shape.Hp, [&](auto bucket) {
+      fused_forward<decltype(bucket)::value>(p, path, c10::cuda::getCurrentCUDAStream());
+    });
+  };
+}
+
+plan::BackwardGroup fused_backward_group(Path path, Shape shape) {
+  return [path, shape](plan::BackwardState& b, int64_t l0, int64_t n, const at::Tensor& dy) {
+    const plan::ForwardState& f = b.f;
+    BwdParams p = group_params<BwdParams>(f, n);
+    p.dy = dy.data_ptr<float>();
+    at::Tensor w[kMaxLayers];
+    for (int g = 0; g < n; ++g) {
+      const int64_t l = l0 + g;
+      w[g] = pack_weights(f, l, g > 0, shape);
+      p.w[g] = w[g].data_ptr();
+      if (g > 0) p.mask[g] = f.mask ? (*f.mask)[l - 1].data_ptr() : nullptr;
+      p.c0[g] = f.c0[l].data_ptr();
+      p.cell[g] = f.cell[l].data_ptr<float>();
+      p.gates[g] = f.gates[l].data_ptr<float>();
+      p.grad_h_n[g] = b.grad_h_n[l].data_ptr();
+      p.grad_c_n[g] = b.grad_c_n[l].data_ptr();
+      p.d_pre[g] = b.d_pre[l].data_ptr();
+      p.grad_h0[g] = b.grad_h0[l].data_ptr();
+      p.grad_c0[g] = b.grad_c0[l].data_ptr();
+    }
+    with_bucket(shape.Hp, [&](auto bucket) {
+      fused_backward<decltype(bucket)::value>(p, path, c10::cuda::getCurrentCUDAStream());
+    });
+  };
+}
+
+// The plan for these inputs (the same for a forward and its backward: it depends on x, H, the TF32 flag and the
+// environment only). LSTM_ATTN_LSTM_PLAN is read on every call, so a test can switch it.
+plan::Plan choose_plan(const at::Tensor& x, int64_t H) {
+  const char* env = std::getenv("LSTM_ATTN_LSTM_PLAN");
+  const std::string wanted = env != nullptr && *env != '\0' ? env : "auto";
+  TORCH_CHECK(wanted == "auto" || wanted == "fused" || wanted == "stepwise",
+              "LSTM_ATTN_LSTM_PLAN must be auto, fused or stepwise, got '", wanted, "'");
+  if (wanted == "stepwise") return plan::stepwise_plan(kCudaSteps);
+  Shape shape{};
+  const std::string why = fused_unsupported(x, H, &shape);
+  TORCH_CHECK(why.empty() || wanted != "fused", "LSTM_ATTN_LSTM_PLAN=fused, but the fused LSTM kernels cannot run: ",
+              why);
+  if (!why.empty()) return plan::stepwise_plan(kCudaSteps);
+  const Path path = path_for(x.scalar_type());
+  return {shape.layers, fused_forward_group(path, shape), fused_backward_group(path, shape)};
+}
+
+void check_cuda_dtype(const at::Tensor& x) {
+  const auto dtype = x.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
+              "lstm_attn's CUDA LSTM supports float32, bfloat16 and float16; x has dtype ", dtype,
+              dtype == at::kDouble ? " (float64 runs on the 'cpu' and 'reference' backends)" : "");
+}
+
+plan::ForwardResult lstm_fwd_cuda(const at::Tensor& x, at::TensorList weights, const at::Tensor& h0,
+                                  const at::Tensor& c0, const std::optional<at::Tensor>& dropout_mask,
+                                  bool for_backward) {
+  check_lstm_inputs(x, weights, h0, c0, dropout_mask);
+  check_cuda_dtype(x);
+  const c10::cuda::CUDAGuard guard(x.device());
+  return plan::forward(choose_plan(x, h0.size(2)), x, weights, h0, c0, dropout_mask, for_backward);
+}
+
+plan::BackwardResult lstm_bwd_cuda(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
+                                   const at::Tensor& grad_c_n, const at::Tensor& x, at::TensorList weights,
+                                   const at::Tensor& h0, const at::Tensor& c0,
+                                   const std::optional<at::Tensor>& dropout_mask, const at::Tensor& hidden,
+                                   const at::Tensor& cell, const at::Tensor& gates) {
+  check_lstm_inputs(x, weights, h0, c0, dropout_mask);
+  check_lstm_saved(x, h0.size(0), h0.size(2), hidden, cell, gates);
+  check_lstm_grads(x, h0, grad_output, grad_h_n, grad_c_n);
+  check_cuda_dtype(x);
+  const c10::cuda::CUDAGuard guard(x.device());
+  return plan::backward(choose_plan(x, h0.size(2)), grad_output, grad_h_n, grad_c_n, x, weights, h0, c0,
+                        dropout_mask, hidden, cell, gates);
+}
+
+}  // namespace
+}  // namespace lstm_attn::gpu::lstm
+
+TORCH_LIBRARY_IMPL(lstm_attn, CUDA, m) {
+  m.impl("lstm_fwd", &lstm_attn::gpu::lstm::lstm_fwd_cuda);
+  m.impl("lstm_bwd", &lstm_attn::gpu::lstm::lstm_bwd_cuda);
+}

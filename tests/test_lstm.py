@@ -1,0 +1,461 @@
+"""lstm_attn.lstm against PyTorch's own LSTM in float64: outputs, final states and every gradient; dropout;
+determinism; bad input; the op as torch sees it (opcheck, gradcheck, torch.compile). The cuda backend's tests are
+marked gpu; on a GPU they also hold the fused kernels to the step-by-step plan and to cuDNN's own error."""
+
+import contextlib
+import itertools
+
+import pytest
+import torch
+
+import lstm_attn
+from _backends import require_backend
+from lstm_attn import backends
+from lstm_attn.testing import assert_parity
+
+# Small shapes gain nothing from threads, and a busy machine's waiting OpenMP threads stall every small op.
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# (B, T, input_size, H, num_layers): T = 1, B = 1, H = 1, odd sizes, one to three layers. The GPU grid adds every
+# fused bucket (H 32 ... 256), their odd neighbours and H = 300, past the fused kernels (step by step).
+CPU_SHAPES = [(1, 1, 1, 1, 1), (3, 1, 3, 5, 2), (1, 9, 2, 16, 1), (2, 33, 3, 5, 3), (4, 20, 8, 32, 2)]
+GPU_SHAPES = CPU_SHAPES + [(B, T, 8, H, L) for (B, T), H, L in itertools.product(
+    ((1, 7), (17, 64), (40, 9)), (31, 64, 100, 128, 200, 256, 300), (1, 2))]
+CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+GPU_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def params(shapes_cpu=CPU_SHAPES, shapes_gpu=GPU_SHAPES):
+    out = [pytest.param("cpu", "cpu", s, d, id=f"cpu-{str(d)[6:]}-" + "x".join(map(str, s)))
+           for s, d in itertools.product(shapes_cpu, CPU_DTYPES)]
+    out += [pytest.param("cuda", "cuda", s, d, marks=pytest.mark.gpu, id=f"cuda-{str(d)[6:]}-" + "x".join(map(str, s)))
+            for s, d in itertools.product(shapes_gpu, GPU_DTYPES)]
+    return out
+
+
+def lstm_inputs(B, T, input_size, H, L, seed=0):
+    """x, h0, c0 and the flat weights of a freshly initialised nn.LSTM, in float64 on the CPU; h0, c0 non-zero."""
+    torch.manual_seed(seed)
+    module = torch.nn.LSTM(input_size, H, L, batch_first=True).double()
+    g = torch.Generator().manual_seed(seed + 1)
+    x, h0, c0 = (torch.randn(*shape, generator=g, dtype=torch.float64)
+                 for shape in ((B, T, input_size), (L, B, H), (L, B, H)))
+    return x, h0, c0, [w.detach() for w in module._flat_weights]
+
+
+def on(inputs, device, dtype=torch.float64):
+    x, h0, c0, weights = inputs
+    return x.to(device, dtype), h0.to(device, dtype), c0.to(device, dtype), [w.to(device, dtype) for w in weights]
+
+
+def forward_backward(inputs, dtype, device, backend, **kwargs):
+    """output, h_n, c_n and the gradients of x, h0, c0 and every weight for fixed random output gradients."""
+    x, h0, c0, weights = on(inputs, device, dtype)
+    leaves = [t.requires_grad_(True) for t in (x, h0, c0, *weights)]
+    output, (h_n, c_n) = lstm_attn.lstm(leaves[0], leaves[3:], leaves[1], leaves[2], backend=backend, **kwargs)
+    g = torch.Generator().manual_seed(7)
+    grads = [torch.randn(t.shape, generator=g, dtype=torch.float64).to(device, t.dtype) for t in (output, h_n, c_n)]
+    return [output, h_n, c_n, *torch.autograd.grad((output, h_n, c_n), leaves, grads)]
+
+
+def names(L):
+    weights = [f"grad weights[{i}] ({n}_l{i // 4})" for i, n in
+               zip(range(4 * L), itertools.cycle(("weight_ih", "weight_hh", "bias_ih", "bias_hh")))]
+    return ["output", "h_n", "c_n", "grad x", "grad h0", "grad c0", *weights]
+
+
+@contextlib.contextmanager
+def tf32(allowed: bool):
+    """cuDNN's LSTM and the fused kernels' float32 products follow torch.backends.cudnn.allow_tf32."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = allowed
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.mark.parametrize("backend, device, shape, dtype", params())
+def test_parity_with_pytorchs_lstm_in_float64(backend, device, shape, dtype):
+    """float32 (TF32 off) and float64 to the tight rule; 16 bits within twice PyTorch's own LSTM's error in that
+    dtype on the same device (cuDNN on a GPU)."""
+    require_backend(backend, device)
+    inputs = lstm_inputs(*shape)
+    with tf32(False):
+        got = forward_backward(inputs, dtype, device, backend)
+        lowp = forward_backward(inputs, dtype, device, "reference") if dtype in (torch.bfloat16, torch.float16) \
+            else [None] * len(got)
+    want = forward_backward(inputs, torch.float64, "cpu", "reference")
+    for name, a, r, lp in zip(names(shape[4]), got, want, lowp):
+        assert a.dtype == dtype, f"{name} has dtype {a.dtype}"
+        assert_parity(name, a, r, lp)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", [(17, 64, 8, 128, 2), (40, 9, 8, 256, 1), (3, 33, 3, 5, 3)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_tf32_within_twice_cudnns_error(shape):
+    """float32 with TF32 on (PyTorch's default for cuDNN's LSTM): at most twice cuDNN's own error against float64."""
+    require_backend("cuda", "cuda")
+    inputs = lstm_inputs(*shape)
+    with tf32(True):
+        got = forward_backward(inputs, torch.float32, "cuda", "cuda")
+        cudnn = forward_backward(inputs, torch.float32, "cuda", "reference")
+    want = forward_backward(inputs, torch.float64, "cpu", "reference")
+    for name, a, r, c in zip(names(shape[4]), got, want, cudnn):
+        err, cudnn_err = ((t.double().cpu() - r).abs().max().item() for t in (a, c))
+        assert err <= 2 * cudnn_err + 1e-6 * max(1.0, r.abs().max().item()), \
+            f"{name}: error {err:.3e}, cuDNN's {cudnn_err:.3e}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(17, 64, 8, 128, 2), (40, 9, 8, 256, 1), (5, 20, 3, 64, 3), (2, 7, 8, 31, 2)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_fused_kernels_agree_with_the_step_by_step_plan(monkeypatch, shape, dtype):
+    """The same arithmetic in two plans (LSTM_ATTN_LSTM_PLAN): equal up to summation order, in every output."""
+    require_backend("cuda", "cuda")
+    inputs = lstm_inputs(*shape)
+    with tf32(False):
+        monkeypatch.setenv("LSTM_ATTN_LSTM_PLAN", "fused")
+        fused = forward_backward(inputs, dtype, "cuda", "cuda")
+        monkeypatch.setenv("LSTM_ATTN_LSTM_PLAN", "stepwise")
+        stepwise = forward_backward(inputs, dtype, "cuda", "cuda")
+    want = forward_backward(inputs, torch.float64, "cpu", "reference")
+    for name, a, s, r in zip(names(shape[4]), fused, stepwise, want):
+        # The step-by-step plan is the 16-bit yardstick here: the fused kernels may differ from it by its own error.
+        assert_parity(name, a, r, s if dtype != torch.float32 else None)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_dropout_masks_are_nn_lstms_on_cpu_and_binomial_everywhere(device):
+    require_backend(device, device)
+    B, T, H, L, p = 64, 50, 32, 3, 0.3
+    x = torch.randn(B, T, 4, device=device)
+    torch.manual_seed(3)
+    mask = backends._dropout_mask(x, L, H, p, True)
+    assert mask.shape == (L - 1, T, B, H)
+    values = mask.unique()
+    assert ((values == 0) | torch.isclose(values, torch.tensor(1 / (1 - p), device=device))).all(), values
+    dropped = (mask == 0).double().mean().item()
+    n = mask.numel()
+    assert abs(dropped - p) < 5 * (p * (1 - p) / n) ** 0.5, f"{dropped:.4f} of the units dropped, expected {p}"
+    assert backends._dropout_mask(x, L, H, p, False) is None and backends._dropout_mask(x, L, H, 0.0, True) is None
+    if device == "cpu":
+        # The same seed gives nn.LSTM's own masks: the op in training equals PyTorch's LSTM in training.
+        torch.manual_seed(0)
+        module = torch.nn.LSTM(4, H, L, batch_first=True, dropout=p)
+        torch.manual_seed(11)
+        want, _ = module(x)
+        torch.manual_seed(11)
+        got, _ = lstm_attn.lstm(x, module._flat_weights, dropout=p, training=True, backend="cpu")
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_dropout_applies_the_mask_between_layers_only_in_training(device):
+    """A given mask multiplies the input of layers 1 .. L - 1 (checked against running the layers one by one)."""
+    require_backend(device, device)
+    x, h0, c0, weights = on(lstm_inputs(3, 6, 2, 7, 3), device)
+    mask = torch.dropout(torch.ones(2, 6, 3, 7, dtype=torch.float64, device=device), 0.5, True)
+    out, h_n, c_n, *_ = torch.ops.lstm_attn.lstm_fwd(x, weights, h0, c0, mask, False)
+    layer_in = x
+    for l in range(3):
+        o, _ = lstm_attn.lstm(layer_in, weights[4 * l:4 * l + 4], h0[l:l + 1], c0[l:l + 1], backend="reference")
+        layer_in = o * mask[l].transpose(0, 1) if l < 2 else o
+    torch.testing.assert_close(out, o, rtol=0, atol=1e-12)
+    torch.manual_seed(0)
+    eval_out, _ = lstm_attn.lstm(x, weights, h0, c0, dropout=0.5, training=False, backend=device)
+    torch.testing.assert_close(eval_out, lstm_attn.lstm(x, weights, h0, c0, backend="reference")[0], rtol=0,
+                               atol=1e-12)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_deterministic_and_nan_stays_in_its_row(device):
+    require_backend(device, device)
+    inputs = lstm_inputs(5, 30, 3, 32, 2)
+    dtype = torch.float32
+    first, second = (forward_backward(inputs, dtype, device, device) for _ in range(2))
+    for name, a, b in zip(names(2), first, second):
+        assert torch.equal(a, b), f"{name} differs between two runs"
+    x, h0, c0, weights = on(inputs, device, dtype)
+    x[2, 4] = float("nan")
+    leaf = x.requires_grad_(True)
+    out, (h_n, c_n) = lstm_attn.lstm(leaf, weights, h0, c0, backend=device)
+    out.sum().backward()
+    clean = forward_backward(inputs, dtype, device, device)
+    others = [0, 1, 3, 4]
+    assert out[2, 4:].isnan().all() and not out[2, :4].isnan().any()
+    torch.testing.assert_close(out[others], clean[0][others], rtol=0, atol=0)
+    torch.testing.assert_close(h_n[:, others], clean[1][:, others], rtol=0, atol=0)
+    assert torch.isfinite(leaf.grad[others]).all()
+
+
+def test_h0_c0_default_to_zeros_and_no_workspace_without_gradients():
+    require_backend("cpu", "cpu")
+    x, _, _, weights = lstm_inputs(2, 5, 3, 6, 2)
+    zeros = torch.zeros(2, 2, 6, dtype=torch.float64)
+    got = lstm_attn.lstm(x, weights, backend="cpu")
+    want = lstm_attn.lstm(x, weights, zeros, zeros, backend="cpu")
+    for a, b in zip((got[0], *got[1]), (want[0], *want[1])):
+        assert torch.equal(a, b)
+    # Without a gradient to come, the forward keeps no hidden sequences, cell states or gates.
+    *_, hidden, cell, gates = torch.ops.lstm_attn.lstm_fwd(x, weights, zeros, zeros, None, False)
+    assert hidden.numel() == cell.numel() == gates.numel() == 0
+    *_, hidden, cell, gates = torch.ops.lstm_attn.lstm_fwd(x, [w.requires_grad_() for w in weights], zeros, zeros,
+                                                            None, False)
+    assert hidden.shape == (2, 6, 2, 6) and cell.shape == (2, 5, 2, 6) and gates.shape == (2, 5, 2, 24)
+    assert cell.dtype == gates.dtype == torch.float64
+
+
+def test_lstm_of_a_modules_flat_weights_is_the_module():
+    require_backend("cpu", "cpu")
+    torch.manual_seed(0)
+    module = torch.nn.LSTM(3, 8, 2, batch_first=True)
+    x = torch.randn(4, 6, 3)
+    want, (h_n, c_n) = module(x)
+    for backend in ("auto", "reference", "cpu"):
+        got, (gh, gc) = lstm_attn.lstm(x, module._flat_weights, backend=backend)
+        for a, b in ((got, want), (gh, h_n), (gc, c_n)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_cpu_autocast_runs_in_the_autocast_dtype_with_float32_gradients():
+    require_backend("cpu", "cpu")
+    x, h0, c0, weights = lstm_inputs(2, 6, 3, 8, 2)
+    weights = [w.float().requires_grad_() for w in weights]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, (h_n, c_n) = lstm_attn.lstm(x.float(), weights, h0.float(), c0.float(), backend="cpu")
+    assert out.dtype == h_n.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert all(w.grad is not None and w.grad.dtype == torch.float32 for w in weights)
+
+
+def test_auto_keeps_pytorchs_lstm_until_the_fused_kernels_are_measured():
+    assert backends.resolve("auto", "cpu", torch.float32, 128, op="lstm").name == "reference"
+    assert backends.resolve("cpu", "cpu", torch.float64, 128, op="lstm").name == "cpu"
+    with pytest.raises(ValueError, match="has no LSTM kernels"):
+        backends.resolve("triton", "cpu", torch.float32, 128, op="lstm")
+    # The model keeps its nn.LSTM unless the backend has fused LSTM kernels (cuda).
+    for backend in ("auto", "reference", "cpu", "triton"):
+        assert not backends.model_uses_lstm_op(backend, "cpu", torch.float32, 16)
+
+
+@pytest.mark.gpu
+def test_auto_on_gpu_keeps_cudnn_and_the_cuda_backend_serves_every_size():
+    assert backends.resolve("auto", "cuda", torch.bfloat16, 128, op="lstm").name == "reference"
+    assert backends.resolve("cuda", "cuda", torch.float32, 1024, op="lstm").name == "cuda"
+    assert backends.model_uses_lstm_op("cuda", "cuda", torch.float32, 128)
+    assert not backends.model_uses_lstm_op("auto", "cuda", torch.float32, 128)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_opcheck(device):
+    """Both ops, the forward with and without gradients and a dropout mask (each opcheck compiles: kept to three)."""
+    require_backend(device, device)
+    x, h0, c0, weights = on(lstm_inputs(2, 3, 2, 4, 2), device, torch.float32)
+    mask = torch.dropout(torch.ones(1, 3, 2, 4, device=device), 0.5, True)
+    torch.library.opcheck(torch.ops.lstm_attn.lstm_fwd, (x, weights, h0, c0, None, False))
+    leaves = [t.clone().requires_grad_(True) for t in (x, h0, c0, *weights)]
+    torch.library.opcheck(torch.ops.lstm_attn.lstm_fwd, (leaves[0], leaves[3:], leaves[1], leaves[2], mask, False))
+    out, h_n, c_n, hidden, cell, gates = torch.ops.lstm_attn.lstm_fwd(x, weights, h0, c0, mask, True)
+    torch.library.opcheck(torch.ops.lstm_attn.lstm_bwd, (torch.randn_like(out), torch.randn_like(h_n),
+                                                         torch.randn_like(c_n), x, weights, h0, c0, mask, hidden,
+                                                         cell, gates))
+
+
+def test_gradcheck_float64():
+    require_backend("cpu", "cpu")
+    x, h0, c0, weights = lstm_inputs(2, 3, 2, 3, 2)
+    leaves = [t.requires_grad_(True) for t in (x, h0, c0, *weights)]
+
+    def fn(x, h0, c0, *weights):
+        output, (h_n, c_n) = lstm_attn.lstm(x, weights, h0, c0, backend="cpu")
+        return output, h_n, c_n
+
+    assert torch.autograd.gradcheck(fn, leaves)
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+def test_compile_fullgraph(dynamic):
+    require_backend("cpu", "cpu")
+    torch._dynamo.reset()
+    x, h0, c0, weights = on(lstm_inputs(3, 5, 2, 6, 2), "cpu", torch.float32)
+    leaves = [t.requires_grad_(True) for t in (x, h0, c0, *weights)]
+
+    def step(x, h0, c0, *weights):
+        output, (h_n, c_n) = lstm_attn.lstm(x, list(weights), h0, c0, dropout=0.2, training=False, backend="cpu")
+        return output.square().sum() + h_n.sum() + c_n.sum()
+
+    compiled = torch.compile(step, fullgraph=True, dynamic=dynamic, backend="aot_eager")
+    loss = compiled(*leaves)
+    torch.testing.assert_close(loss, step(*leaves))
+    for a, b in zip(torch.autograd.grad(loss, leaves), torch.autograd.grad(step(*leaves), leaves)):
+        torch.testing.assert_close(a, b)
+    torch._dynamo.reset()
+
+
+def _bad(**changes):
+    x, h0, c0, weights = lstm_inputs(2, 4, 3, 5, 2)
+    args = {"x": x, "weights": weights, "h0": h0, "c0": c0, "dropout": 0.0, "training": False}
+    args.update({k: v(args) if callable(v) else v for k, v in changes.items()})
+    return args
+
+
+@pytest.mark.parametrize("args, error, message", [
+    (_bad(x=lambda a: a["x"][0]), ValueError, "x must be 3-D"),
+    (_bad(x=lambda a: a["x"][:, :0]), ValueError, "T .dim 1. = 0"),
+    (_bad(weights=lambda a: a["weights"][:6]), ValueError, "four tensors per layer"),
+    (_bad(weights=lambda a: a["weights"][:1] + [1.0] + a["weights"][2:]), TypeError, "list of tensors"),
+    (_bad(weights=lambda a: [a["weights"][0][:, :2]] + a["weights"][1:]), ValueError,
+     r"weights\[0\] \(weight_ih_l0\) has shape \(20, 2\); expected \(20, 3\)"),
+    (_bad(weights=lambda a: a["weights"][:7] + [a["weights"][7][:5]]), ValueError, r"weights\[7\] \(bias_hh_l1\)"),
+    (_bad(weights=lambda a: a["weights"][:4] + [a["weights"][4].float()] + a["weights"][5:]), TypeError,
+     r"weights\[4\] \(weight_ih_l1\) has dtype torch.float32"),
+    (_bad(h0=lambda a: a["h0"][:1]), ValueError, r"h0 has shape \(1, 2, 5\); expected \(num_layers, B, H\)"),
+    (_bad(c0=lambda a: a["c0"].float()), TypeError, "c0 has dtype torch.float32"),
+    (_bad(x=lambda a: a["x"].int()), TypeError, "x has dtype torch.int32"),
+    (_bad(dropout=1.5), ValueError, "dropout must be a number in"),
+    (_bad(training=1), TypeError, "training must be a bool"),
+], ids=["x-2d", "T0", "five-weights", "not-a-tensor", "w_ih-shape", "bias-shape", "weight-dtype", "h0-shape",
+        "c0-dtype", "int-x", "dropout", "training"])
+def test_bad_input_is_refused_naming_the_argument(args, error, message):
+    with pytest.raises(error, match=message):
+        lstm_attn.lstm(**args)
+
+
+def test_the_ops_own_checks_name_the_argument():
+    """Direct calls of torch.ops.lstm_attn.* are checked in C++ too: a clear error, never a fault in a kernel."""
+    require_backend("cpu", "cpu")
+    x, h0, c0, weights = lstm_inputs(2, 4, 3, 5, 2)
+    with pytest.raises(RuntimeError, match=r"weights\[5\] \(w_hh of layer 1\) has shape"):
+        torch.ops.lstm_attn.lstm_fwd(x, weights[:5] + [weights[5][:, :4]] + weights[6:], h0, c0, None, False)
+    with pytest.raises(RuntimeError, match="dropout_mask has shape"):
+        torch.ops.lstm_attn.lstm_fwd(x, weights, h0, c0, torch.ones(2, 4, 2, 5, dtype=torch.float64), False)
+    out, h_n, c_n, hidden, cell, gates = torch.ops.lstm_attn.lstm_fwd(x, weights, h0, c0, None, False)
+    with pytest.raises(RuntimeError, match="hidden has shape .*for_backward=True"):
+        torch.ops.lstm_attn.lstm_bwd(out, h_n, c_n, x, weights, h0, c0, None, hidden, cell, gates)
+
+
+# The fused CUDA kernels' configurations (csrc/cuda/lstm/lstm.h: bucket Hp, units per block, layers per launch),
+# and one more split of the 64 bucket.
+FUSED_CONFIGS = [(64, 64, 2), (64, 32, 2), (64, 16, 2), (128, 32, 2), (128, 16, 2), (256, 64, 1), (256, 32, 1)]
+
+
+@pytest.mark.parametrize("Hp, units, max_layers", FUSED_CONFIGS, ids=lambda v: str(v))
+@pytest.mark.parametrize("B, T, L, pad, dropout", [(17, 5, 3, 3, True), (1, 1, 1, 0, False), (2, 3, 2, None, False)],
+                         ids=["B17-T5-L3-padded-dropout", "B1-T1-L1", "B2-T3-L2-H5"])
+def test_fused_kernels_index_algebra_on_a_cpu_model(Hp, units, max_layers, B, T, L, pad, dropout):
+    """The fused kernels' packing, layouts, wavefront and cluster exchange (tests/_fused_lstm_model.py, the kernels'
+    indices in Python) against the op's CPU kernel in float64: any index slip is an O(1) error."""
+    import _fused_lstm_model
+
+    require_backend("cpu", "cpu")
+    H = 5 if pad is None else Hp - pad  # H = 5: mostly padding, as H <= 32 runs in the 64 bucket
+    x, h0, c0, weights = lstm_inputs(B, T, 3, H, L)
+    mask = torch.dropout(torch.ones(L - 1, T, B, H, dtype=torch.float64), 0.4, True) if dropout else None
+    g = torch.Generator().manual_seed(5)
+    grad_output, grad_h_n, grad_c_n = (torch.randn(*s, generator=g, dtype=torch.float64)
+                                       for s in ((B, T, H), (L, B, H), (L, B, H)))
+    out, h_n, c_n, hidden, cell, gates = torch.ops.lstm_attn.lstm_fwd(x, weights, h0, c0, mask, True)
+    grad_x, grad_w, grad_h0, grad_c0 = torch.ops.lstm_attn.lstm_bwd(grad_output, grad_h_n, grad_c_n, x, weights, h0,
+                                                                    c0, mask, hidden, cell, gates)
+    want = [out, h_n, c_n, grad_x, grad_h0, grad_c0, *grad_w]
+    got = _fused_lstm_model.lstm(x, weights, h0, c0, mask, grad_output, grad_h_n, grad_c_n, Hp, units, max_layers)
+    for name, a, b in zip(names(L), got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.fixture
+def cpu_as_fused_lstm(monkeypatch):
+    """The CPU stands in for a GPU: LSTMWithAttention(backend="cpu") runs its LSTM through lstm_attn.lstm, as
+    backend="cuda" does through the fused kernels. Counts the op's calls."""
+    from lstm_attn import modules
+
+    calls = []
+    monkeypatch.setattr(modules, "model_uses_lstm_op", lambda backend, device, dtype, H: backend == "cpu")
+    op = modules.lstm_op
+    monkeypatch.setattr(modules, "lstm_op", lambda *a, **k: calls.append(k["backend"]) or op(*a, **k))
+    return calls
+
+
+def test_model_runs_its_lstm_through_the_op_with_the_seeds_state_dict(cpu_as_fused_lstm):
+    """Outputs and gradients equal the seed's in training with dropout (on CPU the op draws nn.LSTM's masks), the
+    nn.LSTM submodule and its state_dict keys stay, and torch.compile traces the whole forward as one graph."""
+    from lstm_attn import reference
+    from lstm_attn.modules import LSTMWithAttention
+
+    torch.manual_seed(0)
+    seed = reference.LSTMWithAttention(3, 16, 2, 0.25)
+    ours = LSTMWithAttention(3, 16, 2, 0.25, backend="cpu")
+    ours.load_state_dict(seed.state_dict(), strict=True)
+    assert list(ours.state_dict()) == list(seed.state_dict()) and isinstance(ours.lstm, torch.nn.LSTM)
+    module_calls = []
+    ours.lstm.register_forward_hook(lambda *args: module_calls.append(1))
+    x = torch.randn(4, 9, 3)
+    results = []
+    for model in (ours, seed):
+        model.train().zero_grad()
+        torch.manual_seed(5)
+        y = model(x)
+        y.square().sum().backward()
+        results.append({"output": y, **{f"grad {n}": p.grad for n, p in model.named_parameters()}})
+    assert cpu_as_fused_lstm == ["cpu"] and not module_calls
+    for name, value in results[1].items():
+        torch.testing.assert_close(results[0][name], value, rtol=1e-4, atol=1e-6,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+    # fullgraph: no graph break anywhere (the nn.LSTM path cannot: Dynamo refuses nn.LSTM objects).
+    torch._dynamo.reset()
+    compiled = torch.compile(ours.eval(), fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x), ours(x), rtol=1e-6, atol=1e-7)
+    torch._dynamo.reset()
+    # The op reads the nn.LSTM's own parameter objects, also after PyTorch replaces them.
+    ours.double().load_state_dict({k: v + 1 for k, v in seed.double().state_dict().items()}, assign=True)
+    assert all(a is b for a, b in zip(ours._lstm_weights, ours.lstm._flat_weights))
+
+
+def test_benchmark_case_runs_every_cpu_provider_alike():
+    """lstm_attn.lstm_case, what the benchmark suite times: on CPU the reference and our CPU op compute alike."""
+    from lstm_attn.lstm_case import lstm_case
+
+    require_backend("cpu", "cpu")
+    cases = {p: lstm_case(p, B=3, T=5, H=8, layers=2, device="cpu") for p in ("reference", "cpu")}
+    for case in cases.values():
+        case.run()
+    assert cases["cpu"].flops == 3 * 8 * 3 * 5 * 8 * ((8 + 8) + (8 + 8))
+    for a, b in zip(cases["cpu"].results(), cases["reference"].results()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="needs device='cuda'"):
+        lstm_case("cpu", B=3, T=5, H=8, device="cpu", mode="graph")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("provider", ["reference", "cuda", "cuda-stepwise"])
+def test_benchmark_case_graph_replay_equals_eager(provider):
+    from lstm_attn.lstm_case import lstm_case
+
+    require_backend("cuda", "cuda")
+    eager, graph = (lstm_case(provider, B=40, T=33, H=128, dtype=torch.bfloat16, mode=m) for m in ("eager", "graph"))
+    eager.run()
+    graph.run()
+    torch.cuda.synchronize()
+    # Ours bit for bit (deterministic kernels); cuDNN may pick other kernels under capture.
+    tolerance = {"rtol": 0, "atol": 0} if provider != "reference" else {"rtol": 2e-2, "atol": 1e-2}
+    for a, b in zip(graph.results(), eager.results()):
+        torch.testing.assert_close(a, b, **tolerance)
+
+
+@pytest.mark.gpu
+def test_model_with_fused_lstm_compiles_as_one_graph_and_matches_eager():
+    """backend="cuda": the LSTM through the fused kernels, the forward one graph (inductor, fullgraph)."""
+    from lstm_attn.modules import LSTMWithAttention
+
+    require_backend("cuda", "cuda")
+    torch.manual_seed(0)
+    model = LSTMWithAttention(8, 128, 2, 0.0, backend="cuda").cuda()
+    x = torch.randn(64, 50, 8, device="cuda")
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)
+    with tf32(False):
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-6)
+    torch._dynamo.reset()
