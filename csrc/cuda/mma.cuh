@@ -1,6 +1,6 @@
 // Block-level matrix products over shared memory: C (M x N, float, held in registers across the block) += A (M x K)
-// * B (K x N), both operands in shared memory. Two interchangeable policies give the attention and LSTM kernels one body for
-// every dtype:
+// * B (K x N), both operands in shared memory. Two interchangeable policies give the attention and LSTM kernels
+// one body for every dtype:
 //   WmmaMma<In, kThreads>  tensor cores through nvcuda::wmma with float accumulators: m16n16k16 for __half and
 //                          __nv_bfloat16, m16n16k8 tf32 for float (operands rounded to tf32 when loaded).
 //   SimtMma<kThreads>      exact float32 FFMA, each thread a strided (kRows x kCols) micro-tile.
