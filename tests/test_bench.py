@@ -275,3 +275,17 @@ def test_unreadable_result_files_are_clear_errors(tmp_path, capsys):
         assert main(["report", str(path), "--out", str(tmp_path / "out")]) == 2
         err = capsys.readouterr().err
         assert str(path) in err and message in err
+
+
+def test_lstm_case_checks_ours_against_pytorchs_lstm_then_times_it(tmp_path):
+    out = tmp_path / "lstm.json"
+    assert main(["bench", "--device", "cpu", "--quick", "--cases", "lstm", "--lstm-shapes", "3x9x5",
+                 "--dtypes", "float32,bfloat16", "--out", str(out)]) == 0
+    rows = {(r["backend"], r["dtype"]): r for r in schema.load(out)["rows"]}
+    assert set(rows) == {(b, d) for b in ("reference", "cpu") for d in ("float32", "bfloat16")}
+    for (backend, dtype), row in rows.items():
+        assert row["status"] == "ok", row["status"]
+        assert row["shape"] == {"B": 3, "T": 9, "H": 5, "input_size": 8, "layers": 2}
+        assert row["flops"] == 3 * 8 * 3 * 9 * 5 * ((8 + 5) + (5 + 5))
+        if backend == "cpu":
+            assert row["parity_err"] is not None and row["parity_err"] < (1e-5 if dtype == "float32" else 1e-1)

@@ -414,35 +414,36 @@ def test_model_runs_its_lstm_through_the_op_with_the_seeds_state_dict(cpu_as_fus
     assert all(a is b for a, b in zip(ours._lstm_weights, ours.lstm._flat_weights))
 
 
-def test_benchmark_case_runs_every_cpu_provider_alike():
-    """lstm_attn.lstm_case, what the benchmark suite times: on CPU the reference and our CPU op compute alike."""
-    from lstm_attn.lstm_case import lstm_case
-
-    require_backend("cpu", "cpu")
-    cases = {p: lstm_case(p, B=3, T=5, H=8, layers=2, device="cpu") for p in ("reference", "cpu")}
-    for case in cases.values():
-        case.run()
-    assert cases["cpu"].flops == 3 * 8 * 3 * 5 * 8 * ((8 + 8) + (8 + 8))
-    for a, b in zip(cases["cpu"].results(), cases["reference"].results()):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match="needs device='cuda'"):
-        lstm_case("cpu", B=3, T=5, H=8, device="cpu", mode="graph")
-
-
 @pytest.mark.gpu
-@pytest.mark.parametrize("provider", ["reference", "cuda", "cuda-stepwise"])
-def test_benchmark_case_graph_replay_equals_eager(provider):
-    from lstm_attn.lstm_case import lstm_case
-
+@pytest.mark.parametrize("plan", ["fused", "stepwise"])
+def test_graph_replay_equals_eager(plan, monkeypatch):
+    """What the benchmarks' device-time rows replay: a forward+backward captured in a CUDA graph gives the eager
+    call's bits (the kernels are deterministic)."""
     require_backend("cuda", "cuda")
-    eager, graph = (lstm_case(provider, B=40, T=33, H=128, dtype=torch.bfloat16, mode=m) for m in ("eager", "graph"))
-    eager.run()
-    graph.run()
+    monkeypatch.setenv("LSTM_ATTN_LSTM_PLAN", plan)
+    torch.manual_seed(0)
+    module = torch.nn.LSTM(8, 128, 2, batch_first=True)
+    weights = [w.detach().cuda().bfloat16().requires_grad_(True) for w in module._flat_weights]
+    x = torch.randn(40, 33, 8, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    grads = [torch.randn(s, device="cuda", dtype=torch.bfloat16) for s in ((40, 33, 128), (2, 40, 128), (2, 40, 128))]
+
+    def forward_backward():
+        output, (h_n, c_n) = lstm_attn.lstm(x, weights, backend="cuda")
+        return [output, h_n, c_n, *torch.autograd.grad((output, h_n, c_n), [x, *weights], grads)]
+
+    eager = forward_backward()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        forward_backward()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = forward_backward()
+    graph.replay()
     torch.cuda.synchronize()
-    # Ours bit for bit (deterministic kernels); cuDNN may pick other kernels under capture.
-    tolerance = {"rtol": 0, "atol": 0} if provider != "reference" else {"rtol": 2e-2, "atol": 1e-2}
-    for a, b in zip(graph.results(), eager.results()):
-        torch.testing.assert_close(a, b, **tolerance)
+    for a, b in zip(captured, eager):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 @pytest.mark.gpu

@@ -66,6 +66,13 @@ GOALS = (
     # Host cost at most 0.4x the reference's: the reference's time over ours at least 2.5.
     Goal("issue 13: triton host cost ≤ 0.4x the reference's", lambda r, e: _op(r, e, "cuda", "host", ("triton",)),
          "reference", 2.5),
+    Goal("issue 15: fused LSTM ≥ 2.5x cuDNN at B = 256",
+         lambda r, e: e["device_type"] == "cuda" and r["case"] == "lstm" and r["timing"] == "graph"
+         and r["backend"] == "cuda" and r["dtype"] in ("float32-tf32", "bfloat16") and r["shape"]["B"] == 256,
+         "reference", 2.5),
+    Goal("issue 15: the model's training step ≥ 3x the seed's at B = 256, H = 128",
+         lambda r, e: e["device_type"] == "cuda" and r["case"] == "model_step" and r["pass"] == "step"
+         and r["backend"] == "ours-cuda" and r["shape"]["B"] == 256 and r["shape"]["H"] == 128, "reference", 3.0),
     Goal("CPU: cpu ≥ 1.5x the reference at B·T = 8192, T = 256, H = 128",
          lambda r, e: _op(r, e, "cpu", "eager", ("cpu",)) and r["dtype"] == "float32" and r["tokens"] == 8192
          and r["shape"]["T"] == 256 and r["shape"]["H"] == 128, "reference", 1.5),

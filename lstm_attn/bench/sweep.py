@@ -15,14 +15,14 @@ from pathlib import Path
 
 import torch
 
-from lstm_attn.bench import cases, model_step, scaling, schema
+from lstm_attn.bench import cases, lstm_rows, model_step, scaling, schema
 from lstm_attn.bench.ceilings import measure_ceilings
 from lstm_attn.bench.env import device_slug, environment
 from lstm_attn.bench.group import run_group
 from lstm_attn.bench.report import Run, fmt_ms, merge, timing_sections
 from lstm_attn.bench.timing import Budget
 
-CASES = (cases.CASE, model_step.CASE, scaling.CASE)
+CASES = (cases.CASE, lstm_rows.CASE, model_step.CASE, scaling.CASE)
 ELEMENTS = 2**25  # B*T*H per tensor of the GPU sweep: about 32M, where an H200 is busy with kernels, not the host
 
 # Defaults per device type. On a GPU every (T, H) gets B = ELEMENTS / (T * H): the same bytes per call at every
@@ -30,16 +30,18 @@ ELEMENTS = 2**25  # B*T*H per tensor of the GPU sweep: about 32M, where an H200 
 DEFAULTS = {
     "cuda": dict(elements=ELEMENTS, tokens=None, T="256,1024,4096", H="64,128,256,512",
                  dtypes="float32,float32-tf32,bfloat16,float16", timings="graph,eager", host_shape="1x16x64",
-                 model_shapes="256x256,256x1024", model_dtypes="float32,bfloat16-autocast"),
+                 model_shapes="256x256,256x1024", model_dtypes="float32,bfloat16-autocast",
+                 lstm_shapes=",".join(f"{B}x{T}x{H}" for B in (32, 256) for T in (256, 1024) for H in (64, 128, 256))),
     "cpu": dict(elements=None, tokens=8192, T="64,128,256", H="64,128", dtypes="float32", timings="eager",
-                host_shape="1x16x64", model_shapes="32x256", model_dtypes="float32"),
+                host_shape="1x16x64", model_shapes="32x256", model_dtypes="float32", lstm_shapes="32x256x128"),
 }
 QUICK = {
     "cuda": dict(elements=2**22, tokens=None, T="256", H="128", dtypes="float32,bfloat16", timings="graph,eager",
-                 host_shape="1x16x64", model_shapes="64x256", model_dtypes="float32,bfloat16-autocast"),
+                 host_shape="1x16x64", model_shapes="64x256", model_dtypes="float32,bfloat16-autocast",
+                 lstm_shapes="32x256x128"),
     # The CPU goal's shape alone: with torch.compile's first compilation it still fits in a minute on 2 cores.
     "cpu": dict(elements=None, tokens=8192, T="256", H="128", dtypes="float32", timings="eager",
-                host_shape="1x16x64", model_shapes="16x128", model_dtypes="float32"),
+                host_shape="1x16x64", model_shapes="16x128", model_dtypes="float32", lstm_shapes="8x64x32"),
 }
 BUDGETS = {"cuda": Budget(warmup_ms=25, rep_ms=100), "cpu": Budget(warmup_ms=20, rep_ms=250, min_reps=5),
            "quick": Budget(warmup_ms=10, rep_ms=100, min_reps=3)}
@@ -71,6 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         f"H {model_step.HIDDEN}, {model_step.LAYERS} layers (default: cuda 256x256,256x1024; "
                         "cpu 32x256)")
     parser.add_argument("--model-dtypes", help=f"{lists}, from {', '.join(model_step.DTYPES)}")
+    parser.add_argument("--lstm-shapes", help=f"{lists} BxTxH of the {lstm_rows.CASE} case, {lstm_rows.LAYERS} layers, "
+                        f"input {lstm_rows.INPUT_SIZE}, in --dtypes (default: cuda B 32,256 x T 256,1024 x H "
+                        "64,128,256; cpu 32x256x128)")
     parser.add_argument("--scaling-T", default="256,16384", help=f"{scaling.CASE}: the first and the largest T, "
                         "doubling in between (default: %(default)s)")
     parser.add_argument("--scaling-shape", default=f"{scaling.BATCH}x{scaling.HIDDEN}", help=f"{scaling.CASE}: BxH, "
@@ -100,6 +105,7 @@ class Config:
     host_shape: tuple[int, int, int] | None
     model_shapes: list[tuple[int, int]]
     model_dtypes: list[str]
+    lstm_shapes: list[tuple[int, int, int]]
     scaling_Ts: list[int]
     scaling_shape: tuple[int, int]  # (B, H)
     time_cap: float
@@ -211,7 +217,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     """The sweep to run; a ValueError that names the argument for anything it cannot be."""
     kind = device_kind(args.device)
     given = {k: getattr(args, k) for k in ("elements", "tokens", "T", "H", "dtypes", "timings", "host_shape",
-                                           "model_shapes", "model_dtypes")}
+                                           "model_shapes", "model_dtypes", "lstm_shapes")}
     spec = {**(QUICK if args.quick else DEFAULTS)[kind], **{k: v for k, v in given.items() if v is not None}}
     if args.tokens is not None and args.elements is not None:
         raise ValueError("--tokens and --elements both size the op shapes: give one of them")
@@ -236,6 +242,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         timings=timings, host_shape=_host_shape(spec["host_shape"]),
         model_shapes=_model_shapes(spec["model_shapes"]),
         model_dtypes=names_in(spec["model_dtypes"], "--model-dtypes", model_step.DTYPES),
+        lstm_shapes=[_dims(item, "--lstm-shapes", "32x256x128") for item in spec["lstm_shapes"].split(",")],
         scaling_Ts=_scaling_lengths(args.scaling_T),
         scaling_shape=_dims(args.scaling_shape, "--scaling-shape", "16x64"), time_cap=_positive(args.time_cap),
         budget=BUDGETS["quick" if args.quick else kind], out=Path(args.out), quick=args.quick,
@@ -262,6 +269,13 @@ def _group_specs(cfg: Config):
                     specs.append((f"{cases.CASE} {pass_} {dtype} B={B} T={T} H={H}", n * len(cfg.timings),
                                   lambda p=pass_, d=dtype, B=B, T=T, H=H: cases.op_group(
                                       p, d, B, T, H, cfg.providers, cfg.device, cfg.seed, timings=cfg.timings)))
+    if lstm_rows.CASE in cfg.cases:
+        names = list(lstm_rows.DEFAULT_PROVIDERS[cfg.device.type])
+        for B, T, H in cfg.lstm_shapes:
+            for dtype in cfg.dtypes:
+                specs.append((f"{lstm_rows.CASE} {dtype} B={B} T={T} H={H}", len(names) * len(cfg.timings),
+                              lambda d=dtype, B=B, T=T, H=H: lstm_rows.lstm_group(
+                                  d, B, T, H, names, cfg.device, cfg.seed, timings=cfg.timings)))
     if model_step.CASE in cfg.cases:
         ours = len(model_step.OUR_BACKENDS[cfg.device.type])
         for B, T in cfg.model_shapes:
@@ -309,7 +323,7 @@ def run(args: argparse.Namespace) -> int:
     for name, status in env["backends"].items():
         print(f"  backend {name}: {status}", flush=True)
     labels = {"float32"} if scaling.CASE in cfg.cases else set()
-    if cases.CASE in cfg.cases:
+    if cases.CASE in cfg.cases or lstm_rows.CASE in cfg.cases:
         labels |= set(cfg.dtypes)
     if model_step.CASE in cfg.cases:
         labels |= {d.removesuffix("-autocast") for d in cfg.model_dtypes}
@@ -323,7 +337,8 @@ def run(args: argparse.Namespace) -> int:
         total += len(scaling.providers(cfg.device)) * len(cfg.scaling_Ts)
     doc = {
         "schema": schema.SCHEMA, "env": env, "ceilings": ceilings,
-        "models": {cases.CASE: cases.op_work.__doc__.strip(), model_step.CASE: model_step.model_work.__doc__.strip()},
+        "models": {cases.CASE: cases.op_work.__doc__.strip(), model_step.CASE: model_step.model_work.__doc__.strip(),
+                   lstm_rows.CASE: lstm_rows.__doc__.strip()},
         "config": {"argv": sys.argv[1:], "quick": cfg.quick, "shapes": cfg.shapes, "timings": list(cfg.timings),
                    "host_shape": cfg.host_shape, "budget": vars(cfg.budget),
                    "time_budget_s": cfg.time_budget, "not_run": []},
