@@ -21,7 +21,8 @@
 # Nsight Compute report (speed of light, occupancy, launch statistics) of every attention kernel of one
 # forward+backward per backend and dtype at T=1024 H=512 and T=256 H=64, into ncu.log (about a minute);
 # TORCH_CUDA_ARCH_LIST (default: this GPU's); LSTM_ATTN_GIT_COMMIT, recorded in the results (the device's copy
-# of the tree may have no .git).
+# of the tree may have no .git); PLANS=1 adds sweeps with each CUDA and Triton kernel plan forced (with
+# CHECKS_ONLY=1 they replace the default measurements).
 set -uo pipefail
 
 SELF="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
@@ -43,7 +44,11 @@ __build)
     [ -e lstm_attn/kernels ] || ln -s ../kernels lstm_attn/kernels
     exit 0 ;;
 __memcheck)
+    # Every CUDA kernel plan on tails in every dimension, and the fused LSTM in the four cluster sizes its
+    # configurations use (1, 2, 4, 8 blocks).
     exec "$PY" - <<'PY'
+import os
+
 import torch
 import lstm_attn
 
@@ -56,17 +61,29 @@ def t(dtype, *shape):
     return torch.randn(*shape, device="cuda", dtype=dtype, requires_grad=True)
 
 
-# Tails in every dimension (Tq, Tk not multiples of any tile), two head-dim buckets, and an empty batch.
+shapes = ((2, 37, 53, 64), (1, 130, 130, 128), (2, 70, 97, 59), (0, 4, 4, 64))
+for plan, dtypes in {"tiled": (torch.float32, torch.bfloat16), "flash": (torch.bfloat16, torch.float16),
+                     "gemm": (torch.float32, torch.bfloat16)}.items():
+    for dtype in dtypes:
+        for B, Tq, Tk, H in shapes:
+            if plan == "flash" and H > 128:
+                continue
+            q, k, v, residual = t(dtype, B, Tq, H), t(dtype, B, Tk, H), t(dtype, B, Tk, H), t(dtype, B, Tq, H)
+            out = torch.ops.lstm_attn.attention_layernorm_fwd(q, k, v, residual, t(dtype, H), t(dtype, H), 1e-5,
+                                                              H**-0.5, plan)[0]
+            out.backward(torch.randn_like(out))
 for dtype in (torch.float32, torch.bfloat16):
-    for B, Tq, Tk, H in ((2, 37, 53, 64), (1, 5, 130, 128), (0, 4, 4, 64)):
-        q, k, v, residual = t(dtype, B, Tq, H), t(dtype, B, Tk, H), t(dtype, B, Tk, H), t(dtype, B, Tq, H)
-        out = lstm_attn.attention_layernorm(q, k, v, residual, t(dtype, H), t(dtype, H), backend="cuda")
-        out.backward(torch.randn_like(out))
     x, u, c = t(dtype, 3, 41, 64), t(dtype, 3, 64), t(dtype, 3)
     pooled = lstm_attn.softmax_pool(x, u, c, backend="cuda")
     pooled.backward(torch.randn_like(pooled))
+os.environ["LSTM_ATTN_LSTM_PLAN"] = "fused"
+for dtype, H in ((torch.bfloat16, 64), (torch.float32, 64), (torch.bfloat16, 128), (torch.float32, 256)):
+    module = torch.nn.LSTM(8, H, 2, batch_first=True)
+    weights = [w.detach().to("cuda", dtype).requires_grad_(True) for w in module._flat_weights]
+    output, (h_n, c_n) = lstm_attn.lstm(t(dtype, 20, 5, 8), weights, backend="cuda")
+    (output.float().sum() + h_n.float().sum() + c_n.float().sum()).backward()
 torch.cuda.synchronize()
-print("memcheck script: attention_layernorm and softmax_pool forward+backward ran on backend 'cuda'")
+print("sanitizer workload: every attention plan, softmax_pool and the fused LSTM ran forward+backward on 'cuda'")
 PY
     ;;
 __ncu_workload)
@@ -178,6 +195,7 @@ BENCH_JSON="$OUT/bench-$SLUG-$DATE.json"
 MODEL_JSON="$OUT/model-$SLUG-$DATE.json"
 PROFILE_JSON="$OUT/profile-$SLUG-$DATE.json"
 SCALING_JSON="$OUT/scaling-$SLUG-$DATE.json"
+LSTM_JSON="$OUT/lstm-$SLUG-$DATE.json"
 STEM="summary-$SLUG-$DATE"
 # Registers, shared memory, spills and blocks per SM of every CUDA kernel of this build (from the binary).
 [ $HAS_GPU = 1 ] && step "kernel resources" 60 "$BENCH_RESERVE" kernels.md "$PY" -m lstm_attn.cli kernels \
@@ -190,9 +208,13 @@ if [ $HAS_GPU = 1 ]; then
     # that would otherwise land inside a larger cached block.
     step "compute-sanitizer memcheck" 90 $((BENCH_RESERVE + TEST_RESERVE)) sanitizer.log env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
         "$SANITIZER" --tool memcheck --error-exitcode 1 --print-limit 20 bash "$SELF" __memcheck
-    # racecheck (shared-memory hazards: a missing __syncthreads) is slower; it runs where the budget allows.
-    step "compute-sanitizer racecheck" 90 $((BENCH_RESERVE + TEST_RESERVE + 30)) - bash -c "env PYTORCH_NO_CUDA_MEMORY_CACHING=1 '$SANITIZER' \
-        --tool racecheck --error-exitcode 1 --print-limit 20 bash '$SELF' __memcheck 2>&1 | tee -a '$OUT/sanitizer.log'"
+    # racecheck (shared-memory hazards: a missing __syncthreads) and synccheck (barriers: the flash backward's
+    # ordered dQ, the LSTM's cluster barriers) are slower; they run where the budget allows.
+    for tool in racecheck synccheck; do
+        step "compute-sanitizer $tool" 90 $((BENCH_RESERVE + TEST_RESERVE + 30)) - bash -c "env \
+            PYTORCH_NO_CUDA_MEMORY_CACHING=1 '$SANITIZER' --tool $tool --error-exitcode 1 --print-limit 20 \
+            bash '$SELF' __memcheck 2>&1 | tee -a '$OUT/sanitizer.log'"
+    done
     # Spread over processes (pytest-xdist, where installed): most of this step is compiling Triton kernels, one
     # at a time per process; a CUDA fault also stays inside the worker that met it.
     XDIST=$("$PY" -c "import xdist" 2>/dev/null && echo "-n 8" || true)
@@ -201,11 +223,15 @@ if [ $HAS_GPU = 1 ]; then
     # (it also rewrites the file after every group, so a kill loses one group at most).
     [ "${CHECKS_ONLY:-0}" = 1 ] && RESULTS+=("sweep, model baselines and profile: not run (CHECKS_ONLY=1)")
     [ "${CHECKS_ONLY:-0}" = 1 ] || {
-    limit=$(limit_for 170 130)
-    step "sweep" 170 130 - "$PY" -m lstm_attn.cli bench --device cuda --out "$BENCH_JSON" \
+    limit=$(limit_for 150 150)
+    step "sweep" 150 150 - "$PY" -m lstm_attn.cli bench --device cuda --out "$BENCH_JSON" \
         --time-budget $((limit > 50 ? limit - 35 : 15))
-    limit=$(limit_for 70 85)
-    step "model baselines" 70 85 - "$PY" -m lstm_attn.cli bench --device cuda --cases model_step \
+    # The fused LSTM against cuDNN (issue 15), graph and eager, B 32,256 x T 256,1024 x H 64,128,256.
+    limit=$(limit_for 60 85)
+    step "lstm" 60 85 - "$PY" -m lstm_attn.cli bench --device cuda --cases lstm --dtypes float32-tf32,bfloat16 \
+        --out "$LSTM_JSON" --time-budget $((limit > 30 ? limit - 20 : 10))
+    limit=$(limit_for 60 65)
+    step "model baselines" 60 65 - "$PY" -m lstm_attn.cli bench --device cuda --cases model_step \
         --out "$MODEL_JSON" --time-budget $((limit > 35 ? limit - 20 : 15))
     # Time and peak memory of a training step against T, seed beside ours (each point checked first); the
     # time cap stops a provider growing T when one step would outlast the budget.
@@ -217,10 +243,27 @@ if [ $HAS_GPU = 1 ]; then
     step "profile" 45 25 - "$PY" -m lstm_attn.cli profile --device cuda --T 256,1024 --H 64,512 --iters 10 \
         --out "$PROFILE_JSON" --time-budget $((limit > 25 ? limit - 15 : 10))
     }
+    # PLANS=1: each CUDA plan and each Triton plan forced on the attention sweep's shapes (in place of the
+    # measurements above: run with CHECKS_ONLY=1 and PLANS=1), to set lstm_attn/plans.py's and
+    # kernels/attention_layernorm.py's tables from numbers.
+    [ "${PLANS:-0}" = 1 ] && {
+    for plan in tiled flash gemm; do
+        limit=$(limit_for 60 30)
+        step "sweep, cuda plan $plan" 60 30 - env LSTM_ATTN_CUDA_PLAN=$plan "$PY" -m lstm_attn.cli bench \
+            --device cuda --backends reference,sdpa,cuda --out "$OUT/plan-cuda-$plan-$SLUG-$DATE.json" \
+            --time-budget $((limit > 30 ? limit - 20 : 10))
+    done
+    for plan in flash matmul; do
+        limit=$(limit_for 60 30)
+        step "sweep, triton plan $plan" 60 30 - env LSTM_ATTN_TRITON_PLAN=$plan "$PY" -m lstm_attn.cli bench \
+            --device cuda --backends reference,sdpa,triton --out "$OUT/plan-triton-$plan-$SLUG-$DATE.json" \
+            --time-budget $((limit > 30 ? limit - 20 : 10))
+    done
+    }
     [ "${NCU:-0}" = 1 ] && {
     NCU_BIN="$(command -v ncu || echo "${CUDA_HOME:-/usr/local/cuda}/bin/ncu")"
     # The report after it needs some 20 s.
-    step "ncu" 120 25 ncu.log "$NCU_BIN" --kernel-name regex:"attention|layernorm" --section SpeedOfLight \
+    step "ncu" 120 25 ncu.log "$NCU_BIN" --kernel-name regex:"attention|layernorm|softmax|lstm" --section SpeedOfLight \
         --section Occupancy --section LaunchStats bash "$SELF" __ncu_workload
     }
 else
@@ -228,7 +271,9 @@ else
 fi
 
 JSONS=()
-for f in "$BENCH_JSON" "$MODEL_JSON" "$SCALING_JSON" "$PROFILE_JSON"; do [ -f "$f" ] && JSONS+=("$f"); done
+for f in "$BENCH_JSON" "$LSTM_JSON" "$MODEL_JSON" "$SCALING_JSON" "$PROFILE_JSON" "$OUT"/plan-*.json; do
+    [ -f "$f" ] && JSONS+=("$f")
+done
 if ((${#JSONS[@]})); then
     step "report" 30 0 - "$PY" -m lstm_attn.cli report "${JSONS[@]}" --out "$OUT" --stem "$STEM" --quiet
 elif [ "${CHECKS_ONLY:-0}" = 1 ]; then
