@@ -9,8 +9,8 @@ The plans (the extension op's `plan` argument; csrc/checks.h):
 - "gemm": the six products through cuBLAS with fused kernels between them (csrc/attention_gemm.h). Keeps the softmax
   (B, Tq, Tk) from forward to backward: memory O(B * Tq * Tk).
 
-Each row says what chose it. "pending" marks a choice made from the design, not yet from a measurement of that
-plan: the plan the row replaces measured as stated, the new one has not run on a GPU yet. Boundaries in Tk are
+Each row says what chose it and which plan is the candidate to replace it once a GPU run has checked and measured
+that plan (none of flash and gemm has run on a GPU yet). Boundaries in Tk are
 left open (None) until a measurement sets them. LSTM_ATTN_CUDA_PLAN=tiled|flash|gemm, read at import, forces one
 plan wherever it can run (the table decides elsewhere): how the plans are measured against each other.
 """
@@ -45,12 +45,15 @@ class Row:
 # First matching row wins. Measurements: benchmarks/results/bench-nvidia-h200-2026-11-27-run5.json (run 5, H200,
 # forward+backward, 16k tokens; "x ref" is the speedup over the reference).
 CUDA_PLANS = (
-    Row(_16BIT, 128, None, "flash",
-        "pending; tiled measured 0.94-3.66x ref (T = 256, 1024), under SDPA at T = 1024, H = 128"),
-    Row(_16BIT, 256, None, "tiled", "run 5: 2.24x ref at T = 256, 0.46x at T = 1024; gemm pending for T >= 1024"),
-    Row(_16BIT, 512, None, "gemm", "pending; tiled measured 0.23x ref (T = 1024) and 0.77x (T = 256)"),
+    # flash and gemm have not run on a GPU: until a run checks and measures them (device_check.sh with PLANS=1),
+    # every row keeps the plan that has, and they are reached through LSTM_ATTN_CUDA_PLAN alone.
+    Row(_16BIT, 128, None, "tiled", "run 5: 0.94-3.66x ref (T = 256, 1024), under SDPA at T = 1024, H = 128; "
+        "flash is the candidate"),
+    Row(_16BIT, 256, None, "tiled", "run 5: 2.24x ref at T = 256, 0.46x at T = 1024; gemm is the candidate for "
+        "T >= 1024"),
+    Row(_16BIT, 512, None, "tiled", "run 5: 0.23x ref (T = 1024) and 0.77x (T = 256); gemm is the candidate"),
     Row((torch.float32,), 64, None, "tiled", "run 5: 3.24x ref at T = 256, 1.19x at T = 1024"),
-    Row((torch.float32,), 512, None, "gemm", "pending; tiled measured 0.12-0.91x ref at H >= 128"),
+    Row((torch.float32,), 512, None, "tiled", "run 5: 0.12-0.91x ref at H >= 128; gemm is the candidate"),
 )
 
 
