@@ -366,11 +366,13 @@ def goals_table(merged: list[tuple[Run, dict]]) -> str:
             speedup = r["speedup_vs_reference"] if goal.versus == "reference" else r["speedup_vs_best_peer"]
             peer = "reference" if goal.versus == "reference" else r["best_peer"]
             met = speedup is not None and speedup >= goal.target
+            mark = MARKS.get(r["method"], "") if r["method"] != SECTIONS[r["timing"]][1] else ""
             body.append([goal.name, r["device"], r["backend"], *map(str, _shape_key(r)),
-                         f"{_x(speedup)} vs {peer or 'no peer measured'} (goal {goal.target}x)",
+                         f"{_x(speedup)}{mark} vs {peer or 'no peer measured'} (goal {goal.target}x)",
                          "yes" if met else "**no**"])
-    return markdown_table(["goal", "device", "backend", "dtype", "B", "T", "H", "speedup", "met"], body) if body \
-        else "No timed row falls under a goal (the goals ask for device-time rows on a GPU, and the CPU goal's shape)."
+    marks = sorted({m for line in body for m in MARK_NOTES if m in line[-2]})
+    return markdown_table(["goal", "device", "backend", "dtype", "B", "T", "H", "speedup", "met"], body) + "".join(
+        f"\n\n{m} {MARK_NOTES[m]}" for m in marks) if body else "No timed row falls under a goal (the goals ask for device-time rows on a GPU, and the CPU goal's shape)."
 
 
 def not_timed(merged: list[tuple[Run, dict]]) -> str:
