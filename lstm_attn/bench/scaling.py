@@ -39,7 +39,7 @@ CASE = "model_scaling"
 PASS = "step"
 SEED = "seed"
 INPUT_SIZE, HIDDEN, LAYERS, BATCH = 8, 64, 2, 16
-PARITY_BYTES = 2**30  # the seed's float64 scores and their gradient, for the rows checked
+PARITY_BYTES = 4 * 2**30  # the seed's float64 scores and their gradient, for the rows checked
 STEPS = 3
 
 
