@@ -126,7 +126,11 @@ def _warm_up(run: Callable[[int], object], dev: Device, n_sets: int, setup: Call
         calls += 1
         if calls == 1:  # the first call may compile: leave it out of the estimate
             start = time.perf_counter()
-    per_call_ms = (time.perf_counter() - start) * 1e3 / (calls - 1)
+    return _reps(budget, (time.perf_counter() - start) * 1e3 / (calls - 1))
+
+
+def _reps(budget: Budget, per_call_ms: float) -> int:
+    """Enough calls at this rate to fill rep_ms, within the budget's bounds."""
     return int(min(max(budget.rep_ms / max(per_call_ms, 1e-3), budget.min_reps), budget.max_reps))
 
 
@@ -135,39 +139,38 @@ def _timing(times: list[float]) -> Timing:
     return Timing(p20, p50, p80, len(times))
 
 
-def measure_eager(run: Callable[[int], object], device: torch.device | Device, *, n_sets: int = 1,
-                  setup: Callable[[int], None] | None = None, budget: Budget = Budget()) -> Timing:
-    """Wall time of run(i), synchronised, the cache flushed before each call; i cycles over the input sets."""
+def _per_call(run: Callable[[int], object], device: torch.device | Device, n_sets: int,
+              setup: Callable[[int], None] | None, budget: Budget, *, until_done: bool) -> Timing:
+    """run(i) timed call by call from an idle device: until the device is done (eager: the cache flushed first,
+    outside the clock) or until the call returns (host)."""
     dev = device if isinstance(device, Device) else Device(device)
     setup = setup or (lambda i: None)
     reps = _warm_up(run, dev, n_sets, setup, budget)
     times = []
     for r in range(reps):
         setup(r % n_sets)
-        dev.flush_cache()
+        if until_done:
+            dev.flush_cache()
         dev.sync()
         t0 = time.perf_counter()
         run(r % n_sets)
-        dev.sync()
+        if until_done:
+            dev.sync()
         times.append((time.perf_counter() - t0) * 1e3)
+        dev.sync()  # a host measurement lets the device finish outside the clock
     return _timing(times)
+
+
+def measure_eager(run: Callable[[int], object], device: torch.device | Device, *, n_sets: int = 1,
+                  setup: Callable[[int], None] | None = None, budget: Budget = Budget()) -> Timing:
+    """Wall time of run(i), synchronised, the cache flushed before each call; i cycles over the input sets."""
+    return _per_call(run, device, n_sets, setup, budget, until_done=True)
 
 
 def measure_host(run: Callable[[int], object], device: torch.device | Device, *, n_sets: int = 1,
                  setup: Callable[[int], None] | None = None, budget: Budget = Budget()) -> Timing:
     """The host's time to issue run(i) on an idle device, before any synchronize."""
-    dev = device if isinstance(device, Device) else Device(device)
-    setup = setup or (lambda i: None)
-    reps = _warm_up(run, dev, n_sets, setup, budget)
-    times = []
-    for r in range(reps):
-        setup(r % n_sets)
-        dev.sync()
-        t0 = time.perf_counter()
-        run(r % n_sets)
-        times.append((time.perf_counter() - t0) * 1e3)
-        dev.sync()
-    return _timing(times)
+    return _per_call(run, device, n_sets, setup, budget, until_done=False)
 
 
 # The sleep ahead of the replays covers the host's time to queue them: about this much per replay, and capped.
@@ -191,8 +194,7 @@ def measure_graph(run: Callable[[int], object], device: torch.device | Device, *
     for replay in replays:
         replay()
     dev.sync()
-    per_replay_ms = (time.perf_counter() - start) * 1e3 / n_sets
-    reps = int(min(max(budget.rep_ms / max(per_replay_ms, 1e-3), budget.min_reps), budget.max_reps))
+    reps = _reps(budget, (time.perf_counter() - start) * 1e3 / n_sets)
 
     events = [dev.event() for _ in range(reps + 1)]
     dev.busy_wait(min(_MAX_SLEEP_MS, reps * _HOST_MS_PER_REPLAY))
