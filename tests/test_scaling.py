@@ -18,6 +18,8 @@ def test_a_point_checks_parity_then_times_and_measures_its_peak():
     assert found["parity_err"] is not None and found["parity_err"] < 1e-5
     assert found["ms_p20"] <= found["ms_p50"] <= found["ms_p80"] and found["reps"] == scaling.STEPS
     assert found["peak_mb"] > 10  # a Python process with torch in it
+    # What the step adds is a part of the peak: the interpreter and torch's libraries were there before it.
+    assert 0 < found["base_mb"] <= found["peak_mb"] and scaling.step_mb(found) < found["peak_mb"]
 
 
 def test_a_point_in_its_own_process_matches_the_format():
@@ -38,7 +40,7 @@ def test_a_provider_stops_growing_after_its_first_point_that_did_not_fit(monkeyp
                     "detail": None, "peak_mb": None}
         ms = T * T / 64 if name == "seed" else T / 8
         return {"status": "ok", "parity_err": None if name == "seed" else 1e-7, "detail": None,
-                "peak_mb": ms * 10, "ms_p20": ms, "ms_p50": ms, "ms_p80": ms, "reps": 3}
+                "peak_mb": 500 + ms * 10, "base_mb": 500.0, "ms_p20": ms, "ms_p50": ms, "ms_p80": ms, "reps": 3}
 
     monkeypatch.setattr(scaling, "point_in_subprocess", fake)
     rows = scaling.scaling_rows(torch.device("cpu"), [8, 16, 32, 64], H=4, B=2, names=["seed", "ours-cpu"],
@@ -55,7 +57,9 @@ def test_a_provider_stops_growing_after_its_first_point_that_did_not_fit(monkeyp
     schema.validate(doc)
     text = report.scaling_tables(report.merge([report.Run("s.json", doc)]))
     assert "| 32 | out of memory |  |" in text
-    assert "seed: time ∝ T^2.00, peak memory ∝ T^2.00; ours-cpu: time ∝ T^1.00" in text
+    # The process's fixed 500 MB is left out of the fits and ratios: the step's own memory grows as its time does.
+    assert "seed: time ∝ T^2.00, step memory ∝ T^2.00; ours-cpu: time ∝ T^1.00, step memory ∝ T^1.00" in text
+    assert "| 16 | 4 | 540 (40) | 2 | 520 (20) | 2.00x | 2.00x |" in text
 
 
 def test_lengths_double_and_slopes_fit_powers():

@@ -279,6 +279,23 @@ def _fmt_mb(x: float | None) -> str:
     return "–" if x is None else f"{x:.0f}"
 
 
+def _fmt_peak(row: dict) -> str:
+    """Peak MB, and in brackets what the step itself added to what was held before it, where known."""
+    from lstm_attn.bench.scaling import step_mb
+
+    step = step_mb(row)
+    return _fmt_mb(row["peak_mb"]) + (f" ({_fmt_mb(step)})" if step is not None else "")
+
+
+def _memory(row: dict) -> float | None:
+    """The memory a scaling row is compared and fitted on: the step's own where the row knows it (the process's
+    fixed cost, some 500 MB on a CPU, would otherwise flatten every curve), else the whole peak."""
+    from lstm_attn.bench.scaling import step_mb
+
+    step = step_mb(row)
+    return step if step is not None else row["peak_mb"]
+
+
 def scaling_tables(merged: list[tuple[Run, dict]], heading: str = "###") -> str:
     """Per run of the model_scaling case: time and peak memory of every provider against T, ours' ratios to the
     seed, and the fitted growth exponents (slope on a log-log scale)."""
@@ -291,40 +308,48 @@ def scaling_tables(merged: list[tuple[Run, dict]], heading: str = "###") -> str:
         names = _unique(r["backend"] for r in rows)
         ours = [n for n in names if n != SEED]
         cells = {(r["shape"]["T"], r["backend"]): r for r in rows}
-        header = ["T", *(f"{n} {what}" for n in names for what in ("ms", "peak MB")),
-                  *(f"{n} ×seed {what}" for n in ours for what in ("time", "memory"))]
+        stepwise = any(r.get("base_mb") is not None for r in rows)
+        header = ["T", *(f"{n} {what}" for n in names for what in ("ms", "peak MB (step)" if stepwise else "peak MB")),
+                  *(f"{n} ×seed {what}" for n in ours for what in ("time", "step memory" if stepwise else "memory"))]
         body = []
         for T in sorted({r["shape"]["T"] for r in rows}):
             line = [str(T)]
             for n in names:
                 r = cells.get((T, n))
                 ok = r is not None and r["status"] == "ok"
-                line += [fmt_ms(r["ms_p50"]), _fmt_mb(r["peak_mb"])] if ok else [_why_not(r), ""]
+                line += [fmt_ms(r["ms_p50"]), _fmt_peak(r) if r["peak_mb"] is not None else ""] if ok else \
+                    [_why_not(r), ""]
             seed = cells.get((T, SEED))
             for n in ours:
                 r = cells.get((T, n))
                 both = r is not None and seed is not None and r["status"] == seed["status"] == "ok"
+                mine_mb, seed_mb = (_memory(r), _memory(seed)) if both else (None, None)
                 line += [_x(seed["ms_p50"] / r["ms_p50"]) if both else "–",
-                         _x(seed["peak_mb"] / r["peak_mb"]) if both and r["peak_mb"] and seed["peak_mb"] else "–"]
+                         _x(seed_mb / mine_mb) if mine_mb and seed_mb else "–"]
             body.append(line)
         fits = []
         for n in names:
             ok = sorted((r["shape"]["T"], r) for r in rows if r["backend"] == n and r["status"] == "ok")
             k_time = slope([(T, r["ms_p50"]) for T, r in ok])
-            k_mem = slope([(T, r["peak_mb"]) for T, r in ok if r["peak_mb"]])
+            k_mem = slope([(T, _memory(r)) for T, r in ok if _memory(r)])
             if k_time is not None:
-                fits.append(f"{n}: time ∝ T^{k_time:.2f}" + (f", peak memory ∝ T^{k_mem:.2f}" if k_mem else ""))
+                fits.append(f"{n}: time ∝ T^{k_time:.2f}" +
+                            (f", {'step' if stepwise else 'peak'} memory ∝ T^{k_mem:.2f}" if k_mem else ""))
         shape = rows[0]["shape"]
+        where = " (peak resident set of a process per point)" if run.env["device_type"] == "cpu" else \
+            " (torch.cuda.max_memory_allocated)"
+        step_note = (" In brackets, the memory the step added to what was held before it (the interpreter, torch's "
+                     "libraries, the model and its inputs): the ratios and the fitted exponents use that."
+                     if stepwise else "")
         parts.append(f"{heading} {run.title}\n\n{env_line(run.env)}\n\nOne training step (forward, loss, backward, "
                      f"Adam), float32, B={shape['B']}, input {shape['input_size']}, H={shape['H']}, "
-                     f"{shape['layers']} layers; median of the timed steps and their peak memory"
-                     f"{' (peak resident set of a process per point)' if run.env['device_type'] == 'cpu' else ''}."
+                     f"{shape['layers']} layers; median of the timed steps and their peak memory{where}.{step_note}"
                      f"\n\n{markdown_table(header, body)}\n\nFitted over the points that ran: {'; '.join(fits)}.")
     return "\n\n".join(parts)
 
 
 def plot_scaling(device: str, rows: list[dict], path: Path) -> bool:
-    """Time and peak memory against T on log-log axes, one line per provider, its fitted exponent in the legend."""
+    """Time and memory against T on log-log axes, one line per provider, its fitted exponent in the legend."""
     from lstm_attn.bench.scaling import slope
 
     names = _unique(r["backend"] for r in rows if r["status"] == "ok")
@@ -335,11 +360,14 @@ def plot_scaling(device: str, rows: list[dict], path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    stepwise = any(r.get("base_mb") is not None for r in rows)
+    memory_label = "memory the step adds (MB)" if stepwise else "peak memory (MB)"
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
-    for ax, metric, label in ((axes[0], "ms_p50", "ms per training step"), (axes[1], "peak_mb", "peak memory (MB)")):
+    for ax, metric, label in ((axes[0], lambda r: r["ms_p50"], "ms per training step"),
+                              (axes[1], _memory, memory_label)):
         for i, n in enumerate(names):
-            pts = sorted((r["shape"]["T"], r[metric]) for r in rows
-                         if r["backend"] == n and r["status"] == "ok" and r[metric])
+            pts = sorted((r["shape"]["T"], metric(r)) for r in rows
+                         if r["backend"] == n and r["status"] == "ok" and metric(r))
             if pts:
                 k = slope(pts)
                 ax.plot(*zip(*pts), marker="o", color=plt.get_cmap("tab10")(i % 10),
@@ -350,7 +378,7 @@ def plot_scaling(device: str, rows: list[dict], path: Path) -> bool:
         ax.set_ylabel(label)
         ax.legend(fontsize=7)
         ax.tick_params(labelsize=7)
-    fig.suptitle(f"{device}: {SCALING}, time and peak memory against T", fontsize=9)
+    fig.suptitle(f"{device}: {SCALING}, time and memory of a training step against T", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

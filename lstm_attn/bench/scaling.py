@@ -13,7 +13,9 @@ layers, float32, dropout 0.
   3. Then the median of a few synchronised steps, and the peak memory of those steps: on a GPU
      torch.cuda.max_memory_allocated after reset_peak_memory_stats; on a CPU the process's peak resident set
      (VmHWM), reset through /proc/self/clear_refs after set-up, with each point in a process of its own so that
-     no earlier point's allocations count.
+     no earlier point's allocations count. Each row also keeps base_mb, what was held just before the steps (on a
+     CPU the interpreter and torch's libraries, some 500 MB, the same for every T; the model and its inputs): the
+     step's own memory, peak_mb - base_mb, is what grows with T, and the report fits its exponent on that.
 """
 
 from __future__ import annotations
@@ -105,13 +107,24 @@ def _reset_peak(device: torch.device) -> bool:
         return False
 
 
+def _resident_mb(device: torch.device) -> float:
+    """What is held now: torch's allocations on a GPU, the resident set (VmRSS) on a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device) / 2**20
+    return _status_mb("VmRSS:")
+
+
+def _status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
 def _peak_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
+    return _status_mb("VmHWM:")
 
 
 def point(provider: str, T: int, device: torch.device, *, H: int = HIDDEN, B: int = BATCH,
@@ -121,7 +134,7 @@ def point(provider: str, T: int, device: torch.device, *, H: int = HIDDEN, B: in
     g = torch.Generator(device).manual_seed(1)
     x = torch.randn(B, T, INPUT_SIZE, generator=g, device=device)
     y = torch.randn(B, 1, generator=g, device=device)
-    found = {"parity_err": None, "detail": None, "peak_mb": None}
+    found = {"parity_err": None, "detail": None, "peak_mb": None, "base_mb": None}
     try:
         if model is not seed:
             err, failure, note = _parity(model, seed, x, y, H)
@@ -138,6 +151,7 @@ def point(provider: str, T: int, device: torch.device, *, H: int = HIDDEN, B: in
             sync(device)
 
         exact_peak = _reset_peak(device)
+        base = _resident_mb(device) if exact_peak else None
         if not exact_peak:
             found["detail"] = "; ".join(filter(None, [found["detail"], "peak since the process started "
                                                                        "(/proc/self/clear_refs not writable)"]))
@@ -152,6 +166,7 @@ def point(provider: str, T: int, device: torch.device, *, H: int = HIDDEN, B: in
             step()
             times.append((time.perf_counter() - start) * 1e3)
         found["peak_mb"] = _peak_mb(device)
+        found["base_mb"] = base
     except torch.OutOfMemoryError as exc:
         return {**found, "status": f"skipped: out of memory ({str(exc).splitlines()[0][:120]})"}
     except MemoryError:
@@ -170,7 +185,8 @@ def point_in_subprocess(provider: str, T: int, *, H: int, B: int, time_cap: floa
         killed = done.returncode in (-9, 137)
         why = "out of memory (the process was killed)" if killed else \
             f"error: the point's process exited with {done.returncode}: {done.stderr.strip()[-300:]}"
-        return {"status": f"skipped: {why}" if killed else why, "parity_err": None, "detail": None, "peak_mb": None}
+        return {"status": f"skipped: {why}" if killed else why, "parity_err": None, "detail": None, "peak_mb": None,
+                "base_mb": None}
     return json.loads(lines[-1])
 
 
@@ -203,7 +219,8 @@ def _row(name: str, T: int, H: int, B: int, found: dict, stamp: dict) -> dict:
            "metric": "time", "unit": "ms", "ms_p20": None, "ms_p50": None, "ms_p80": None, "reps": None,
            "parity_err": found["parity_err"], "speedup_vs_reference": None, "best_peer": None,
            "speedup_vs_best_peer": None, "flops": work.flops, "bytes": work.bytes, "tflops": None, "gbps": None,
-           "tflops_fraction": None, "gbps_fraction": None, "peak_mb": found["peak_mb"], **stamp}
+           "tflops_fraction": None, "gbps_fraction": None, "peak_mb": found["peak_mb"],
+           "base_mb": found.get("base_mb"), **stamp}
     if found["status"] == "ok":
         row.update({k: found[k] for k in ("ms_p20", "ms_p50", "ms_p80", "reps")}, method="synchronised")
         row["tflops"] = work.flops / (row["ms_p50"] * 1e-3) / 1e12
@@ -217,6 +234,12 @@ def _speedups(rows: list[dict]) -> None:
         if r["status"] == "ok" and r["shape"]["T"] in seed:
             r["speedup_vs_reference"] = r["speedup_vs_best_peer"] = seed[r["shape"]["T"]] / r["ms_p50"]
             r["best_peer"] = SEED
+
+
+def step_mb(row: dict) -> float | None:
+    """The memory a row's training step added to what was held before it (peak_mb - base_mb), where known."""
+    peak, base = row.get("peak_mb"), row.get("base_mb")
+    return None if peak is None or base is None else max(peak - base, 0.0)
 
 
 def slope(points: list[tuple[float, float]]) -> float | None:

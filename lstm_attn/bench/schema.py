@@ -14,7 +14,8 @@ Each row is flat, after Liger-Kernel's benchmark rows (kernel/provider/mode/metr
   parity_err (max |x - float64 reference| / max(1, max |reference|)), speedup_vs_reference, best_peer,
   speedup_vs_best_peer (against rows of the same timing), flops, bytes, tflops, gbps, tflops_fraction,
   gbps_fraction (of the measured ceilings; null for host rows), peak_mb (the peak memory of the timed calls, where
-  the case measures it: model_scaling), device, timestamp, version.
+  the case measures it: model_scaling), device, timestamp, version. model_scaling rows add base_mb (what was held
+  before the timed steps; may be null), so that the report can tell the step's own memory from the process's.
 Files of schema 1 (no timing, method or detail) are read and upgraded: their CPU rows were synchronised wall
 times, their GPU rows CUDA events recorded without a synchronize.
 """
