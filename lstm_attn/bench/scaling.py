@@ -10,7 +10,7 @@ layers, float32, dropout 0.
      row says so). The seed's own rows are the reference and are not checked.
   2. One step, timed: past --time-cap, the point is marked "skipped: time cap" and larger T are not tried for
      that provider; running out of memory marks it "skipped: out of memory". Such rows stay in the file.
-  3. Then the median of a few synchronised steps, and the peak memory of those steps: on a GPU
+  3. Then the median of 3 to 25 synchronised steps (as many as fit in a few seconds), and the peak memory of those steps: on a GPU
      torch.cuda.max_memory_allocated after reset_peak_memory_stats; on a CPU the process's peak resident set
      (VmHWM), reset through /proc/self/clear_refs after set-up, with each point in a process of its own so that
      no earlier point's allocations count. Each row also keeps base_mb, what was held just before the steps (on a
@@ -42,7 +42,9 @@ PASS = "step"
 SEED = "seed"
 INPUT_SIZE, HIDDEN, LAYERS, BATCH = 8, 64, 2, 16
 PARITY_BYTES = 4 * 2**30  # the seed's float64 scores and their gradient, for the rows checked
-STEPS = 3
+# Timed steps per point: at least MIN_STEPS, then more while they fit in STEP_SECONDS (a cheap point's median of
+# three would move by half between runs on a busy 2-core machine), at most MAX_STEPS.
+MIN_STEPS, MAX_STEPS, STEP_SECONDS = 3, 25, 3.0
 
 
 def providers(device: torch.device) -> list[str]:
@@ -161,7 +163,7 @@ def point(provider: str, T: int, device: torch.device, *, H: int = HIDDEN, B: in
         if first > time_cap:
             return {**found, "status": f"skipped: time cap: one step took {first:.0f} s > {time_cap:.0f} s"}
         times = []
-        for _ in range(STEPS):
+        while len(times) < MIN_STEPS or (len(times) < MAX_STEPS and sum(times) < STEP_SECONDS * 1e3):
             start = time.perf_counter()
             step()
             times.append((time.perf_counter() - start) * 1e3)
