@@ -16,7 +16,8 @@ def test_a_point_checks_parity_then_times_and_measures_its_peak():
     found = scaling.point("ours-cpu", 12, torch.device("cpu"), H=8, B=2, time_cap=60.0)
     assert found["status"] == "ok", found["status"]
     assert found["parity_err"] is not None and found["parity_err"] < 1e-5
-    assert found["ms_p20"] <= found["ms_p50"] <= found["ms_p80"] and scaling.MIN_STEPS <= found["reps"] <= scaling.MAX_STEPS
+    assert found["ms_p20"] <= found["ms_p50"] <= found["ms_p80"]
+    assert scaling.MIN_STEPS <= found["reps"] <= scaling.MAX_STEPS
     assert found["peak_mb"] > 10  # a Python process with torch in it
     # What the step adds is a part of the peak: the interpreter and torch's libraries were there before it.
     assert 0 < found["base_mb"] <= found["peak_mb"] and scaling.step_mb(found) < found["peak_mb"]

@@ -10,8 +10,8 @@ layers, float32, dropout 0.
      row says so). The seed's own rows are the reference and are not checked.
   2. One step, timed: past --time-cap, the point is marked "skipped: time cap" and larger T are not tried for
      that provider; running out of memory marks it "skipped: out of memory". Such rows stay in the file.
-  3. Then the median of 3 to 25 synchronised steps (as many as fit in a few seconds), and the peak memory of those steps: on a GPU
-     torch.cuda.max_memory_allocated after reset_peak_memory_stats; on a CPU the process's peak resident set
+  3. Then the median of 3 to 25 synchronised steps (as many as fit in a few seconds), and their peak memory: on
+     a GPU torch.cuda.max_memory_allocated after reset_peak_memory_stats; on a CPU the process's peak resident set
      (VmHWM), reset through /proc/self/clear_refs after set-up, with each point in a process of its own so that
      no earlier point's allocations count. Each row also keeps base_mb, what was held just before the steps (on a
      CPU the interpreter and torch's libraries, some 500 MB, the same for every T; the model and its inputs): the
