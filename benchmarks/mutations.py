@@ -131,6 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     has_gpu = torch.cuda.is_available()
     SCRATCH.mkdir(parents=True, exist_ok=True)
     sync_tree()
+    # What the scratch copy holds: the commit, and whether the tree had changes beyond it.
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                            text=True).stdout.strip()
+    dirty = " (with uncommitted changes)" if subprocess.run(["git", "status", "--porcelain"], cwd=REPO,
+                                                             capture_output=True, text=True).stdout else ""
     build()
     rows, gaps = [], []
     for m in chosen:
@@ -157,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     table = "\n".join(["| mutation | the bug | result | e.g. |", "|---|---|---|---|", *rows])
     print(f"\n{table}")
     if args.out:
-        Path(args.out).write_text(f"# Mutation check ({time.strftime('%Y-%m-%d')})\n\n{table}\n")
+        Path(args.out).write_text(f"# Mutation check ({time.strftime('%Y-%m-%d')})\n\n`python benchmarks/mutations.py"
+                                  f"` at commit {commit}{dirty}, torch {torch.__version__}"
+                                  f"{', with a GPU' if has_gpu else ', no GPU'}.\n\n{table}\n")
     if gaps:
         print(f"\nnot caught by any test: {', '.join(gaps)}", file=sys.stderr)
     return 1 if gaps else 0
