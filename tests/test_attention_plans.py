@@ -77,6 +77,47 @@ def test_plan_parity_with_reference(plan, device, shape, dtype):
     check_op_parity(planned(plan), reference.attention_layernorm, inputs, grad_out, ATTENTION_LAYERNORM_NAMES)
 
 
+# One H per head-dim bucket of the CUDA kernels (32 .. 512), none a multiple of 16: the masked columns too.
+TILE_HEAD_DIMS = (24, 59, 111, 200, 300)
+
+
+def _tile_shapes(tiles: list[int]) -> list[tuple[int, int]]:
+    """(Tq, Tk) on and just past every tile size, square, with one query row, and against keys several tiles long."""
+    lengths = sorted({t + d for t in tiles for d in (0, 1)} | {2 * max(tiles) + 44})
+    many = lengths[-1]
+    return sorted({(L, L) for L in lengths} | {(1, L) for L in lengths} | {(L, many) for L in lengths})
+
+
+@gpu
+@pytest.mark.parametrize("H", TILE_HEAD_DIMS)
+@pytest.mark.parametrize("plan, dtype", [("tiled", torch.float32), ("tiled", torch.bfloat16), ("flash", torch.float16),
+                                         ("flash", torch.bfloat16)])
+def test_cuda_plan_parity_at_every_tile_boundary(plan, dtype, H):
+    """Each CUDA plan at the tile sizes it runs for this dtype and head-dim bucket (the op reads them from the same
+    traits as the launches), forward and all six gradients, an explicit scale and eps on half the shapes."""
+    require_backend("cuda", "cuda")
+    if not plans.can_run(plan, dtype, H):
+        pytest.skip(f"plan {plan!r} does not run {dtype} at H = {H}")
+    tiles = torch.ops.lstm_attn.cuda_attention_tiles(plan, H, dtype)
+    assert tiles and all(t in (16, 32, 64, 128) for t in tiles), tiles
+    for i, (Tq, Tk) in enumerate(_tile_shapes(tiles)):
+        inputs = attention_layernorm_inputs(2, Tq, Tk, H, dtype, "cuda")
+        grad_out = torch.randn(2, Tq, H, dtype=torch.float64, generator=torch.Generator().manual_seed(i)).to("cuda")
+        scale, eps = (0.31, 1e-3) if i % 2 else (None, 1e-5)
+        try:
+            check_op_parity(planned(plan, eps=eps, scale=scale),
+                            lambda *a: reference.attention_layernorm(*a, eps=eps, scale=scale), inputs, grad_out,
+                            ATTENTION_LAYERNORM_NAMES)
+        except AssertionError as e:
+            raise AssertionError(f"plan {plan}, {dtype}, H = {H}, Tq = {Tq}, Tk = {Tk} (tiles {tiles}): {e}") from e
+
+
+def test_cuda_tile_shapes_reach_every_boundary():
+    assert _tile_shapes([32, 64]) == sorted(
+        {(L, L) for L in (32, 33, 64, 65, 172)} | {(1, L) for L in (32, 33, 64, 65, 172)}
+        | {(L, 172) for L in (32, 33, 64, 65, 172)})
+
+
 @pytest.mark.parametrize("plan, device, dtype", plan_devices(lambda d: d[-1]))
 def test_plan_explicit_scale_and_eps(plan, device, dtype):
     require_backend(_backend(device), device)

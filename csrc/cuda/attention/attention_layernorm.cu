@@ -12,6 +12,7 @@
 #include <string_view>
 #include <tuple>
 #include <type_traits>
+#include <vector>
 
 #include "attention_gemm.h"
 #include "checks.h"
@@ -227,8 +228,54 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   return {grad_q, grad_k, grad_v, grad_residual, grad_weight, grad_bias};
 }
 
+template <class Tl>
+void add_rows(std::vector<int64_t>& rows) {
+  rows.push_back(Tl::BM);
+  rows.push_back(Tl::BN);
+}
+
+// The query and key rows per tile (BM, BN) of every kernel `plan` runs for (dtype, H), distinct and sorted; none for
+// "gemm", which has no tiles of its own. Read from the same traits the launches use, so that the tests' parity grid
+// follows the tiles wherever they move.
+std::vector<int64_t> attention_tiles(std::string_view plan_name, int64_t H, c10::ScalarType dtype) {
+  const Plan plan = parse_plan(plan_name);
+  TORCH_CHECK(H >= 1 && H <= kMaxHeadDim, "H must be in [1, ", kMaxHeadDim, "], got ", H);
+  std::vector<int64_t> rows;
+  if (plan == Plan::kFlash) {
+    add_rows<flash::FwdTiles>(rows);
+    add_rows<flash::BwdTiles>(rows);
+  } else if (plan == Plan::kTiled) {
+    const bool wide = dtype == at::kFloat;
+    TORCH_CHECK(wide || dtype == at::kHalf || dtype == at::kBFloat16,
+                "dtype must be float32, float16 or bfloat16, got ", dtype);
+    with_head_dim_bucket<kMaxHeadDim>(H, [&](auto bucket) {
+      constexpr int HB = decltype(bucket)::value;
+      auto add = [&](auto tiles) {
+        using T = decltype(tiles);
+        add_rows<typename T::Fwd>(rows);
+        add_rows<typename T::DkDv>(rows);
+        add_rows<typename T::Dq>(rows);
+      };
+      if (wide) {
+        add(Tiles<HB, 4>{});
+      } else {
+        add(Tiles<HB, 2>{});
+      }
+    });
+  }
+  std::sort(rows.begin(), rows.end());
+  rows.erase(std::unique(rows.begin(), rows.end()), rows.end());
+  return rows;
+}
+
 }  // namespace
 }  // namespace lstm_attn::gpu
+
+// A CUDA build's own helper op, beside the kernels whose traits it reads (a CPU build has no such tiles).
+TORCH_LIBRARY_FRAGMENT(lstm_attn, m) {
+  // The rows per tile [BM, BN, ...] of the kernels a CUDA plan runs for (dtype, H): where the tile boundaries lie.
+  m.def("cuda_attention_tiles(str plan, int H, ScalarType dtype) -> int[]", &lstm_attn::gpu::attention_tiles);
+}
 
 TORCH_LIBRARY_IMPL(lstm_attn, CUDA, m) {
   m.impl("attention_layernorm_fwd", &lstm_attn::gpu::attention_layernorm_fwd_cuda);
