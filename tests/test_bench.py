@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lstm_attn import reference
-from lstm_attn.bench import cases, schema
+from lstm_attn.bench import cases, report, schema
 from lstm_attn.bench.cases import op_work
 from lstm_attn.cli import main
 
@@ -222,6 +222,10 @@ def test_report_reads_the_committed_results(tmp_path):
     assert files, "no committed result files"
     assert main(["report", *files, "--out", str(tmp_path), "--quiet"]) == 0
     assert "## Where the time goes" in (tmp_path / "report.md").read_text()
+    # The other tools' results in the folder are named and left out, and alone they are no report.
+    others = [f for f in files if report.other_tool(f)]
+    assert {report.other_tool(f) for f in others} == {"benchmarks/host_cost.py", "lstm-attn kernels"}
+    assert main(["report", *others, "--out", str(tmp_path), "--quiet"]) == 2
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -15,6 +15,7 @@ rows (the eager ones on a device that has none).
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from collections import defaultdict
@@ -515,14 +516,44 @@ def _readme(args: argparse.Namespace) -> int:
     return 1 if args.check and stale else 0
 
 
+# Result files of the other tools that share benchmarks/results/, which a report has no table for: host_cost.py's
+# (rendered into the README as they are) and `lstm-attn kernels --json` (the README's kernels block).
+HOST_COST_SCHEMA = "lstm_attn.host_cost/1"
+
+
+def other_tool(path: str) -> str | None:
+    """What wrote `path`, when it is a result of host_cost.py or `lstm-attn kernels` rather than a bench or profile
+    file; None otherwise (and for anything unreadable, which load_runs then reports)."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if isinstance(doc, dict) and doc.get("schema") == HOST_COST_SCHEMA:
+        return "benchmarks/host_cost.py"
+    if isinstance(doc, list) and doc and all(isinstance(k, dict) and {"name", "registers"} <= k.keys() for k in doc):
+        return "lstm-attn kernels"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     if args.readme:
         return _readme(args)
     if not args.files:
         print("lstm-attn report: error: give result files, or --readme MARKDOWN", file=sys.stderr)
         return 2
+    files = []
+    for path in args.files:
+        tool = other_tool(path)
+        if tool:
+            print(f"lstm-attn report: skipped {path}: a result of {tool}, not a bench or profile file",
+                  file=sys.stderr)
+        else:
+            files.append(path)
+    if not files:
+        print("lstm-attn report: error: no bench or profile file among the files given", file=sys.stderr)
+        return 2
     try:
-        benches, profiles = load_runs(args.files)
+        benches, profiles = load_runs(files)
     except schema.SchemaError as exc:
         print(f"lstm-attn report: error: {exc}", file=sys.stderr)
         return 2
