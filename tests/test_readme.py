@@ -36,3 +36,13 @@ def test_bad_blocks_are_clear_errors(tmp_path, spec, message):
     doc.write_text(f"<!-- generated: {spec} -->\n<!-- end generated -->\n")
     with pytest.raises(ValueError, match=message):
         readme.update(doc)
+
+
+def test_every_result_file_the_readme_names_is_committed():
+    """A figure's evidence must exist: a renamed or deleted result file fails here, not in a reader's hands."""
+    import re
+
+    named = set(re.findall(r"benchmarks/results/([A-Za-z0-9_.-]+\.(?:json|md|log|png))", README.read_text()))
+    assert named, "the README names no result file"
+    missing = sorted(n for n in named if not (README.parent / "benchmarks" / "results" / n).is_file())
+    assert not missing, f"the README names result files that are not committed: {missing}"
