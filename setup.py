@@ -56,6 +56,36 @@ def _cuda_sources() -> list[str]:
     return kept
 
 
+# The headers of torch's ATen/cuda/CUDAContext.h (which gives torch's cuBLAS handle), cuBLAS's among them.
+_CUBLAS_HEADERS = ("cublas_v2.h", "cublasLt.h", "cusparse.h", "cusolverDn.h")
+
+
+def _cublas() -> tuple[list[str], list[str]]:
+    """(host compiler flags, link flags) for calling cuBLAS directly: the gemm3xtf32 plan's products name their TF32
+    compute type, which ATen's matmul does not let a caller do. The headers and library come from the CUDA toolkit
+    or, where it lacks them (a minimal toolkit beside a pip torch), from torch's own nvidia packages, whose library
+    torch has already loaded when ours is. Header folders outside the toolkit are searched after every other one
+    (-idirafter), so that the toolkit's own CUDA headers still win. Anything missing: no flags, a note, and the plan
+    refuses to run with the reason; the rest of the build is unchanged."""
+    roots = [CUDA_HOME] if CUDA_HOME else []
+    roots += sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(torch.__file__)), "nvidia", "*")))
+    include_dirs = [os.path.join(r, "include") for r in roots]
+    found = {h: next((d for d in include_dirs if os.path.isfile(os.path.join(d, h))), None) for h in _CUBLAS_HEADERS}
+    libs = [lib for r in roots for d in ("lib64", "lib")
+            for lib in sorted(glob.glob(os.path.join(r, d, "libcublas.so*")))]
+    missing = [h for h, d in found.items() if d is None] + ([] if libs else ["libcublas.so"])
+    if missing:
+        print(f"lstm_attn: building without cuBLAS (plan gemm3xtf32 will refuse to run): no {', '.join(missing)} "
+              f"under {roots}")
+        return [], []
+    # An unversioned libcublas.so where there is one, else the versioned name torch's package ships.
+    lib = min(libs, key=lambda path: (not path.endswith(".so"), path))
+    toolkit = os.path.join(CUDA_HOME, "include") if CUDA_HOME else None
+    extra = [d for d in dict.fromkeys(found.values()) if d != toolkit]
+    cxx = ["-DLSTM_ATTN_WITH_CUBLAS=1", *(flag for d in extra for flag in ("-idirafter", d))]
+    return cxx, [f"-L{os.path.dirname(lib)}", f"-l:{os.path.basename(lib)}"]
+
+
 def _head_dim_macros(cuda_sources: list[str]) -> list[str]:
     dims = sorted({int(m.group(1)) for s in cuda_sources if (m := re.search(r"_hdim(\d+)\.cu$", s))})
     return [f"-DLSTM_ATTN_HDIM_{d}" for d in dims]
@@ -79,10 +109,11 @@ def extensions():
     nvcc = ["-O0", "-g", "-G"] if debug else ["-O3", "-lineinfo"]
     # No --use_fast_math: the exact float32 path is held to 1e-5 of a float64 reference.
     nvcc += ["--expt-relaxed-constexpr", *hdims]
+    cublas_cxx, cublas_link = _cublas()
     return [CUDAExtension("lstm_attn._C", sources + cuda_sources, include_dirs=include_dirs,
                           define_macros=[("LSTM_ATTN_WITH_CUDA", "1")],
-                          extra_compile_args={"cxx": cxx + hdims, "nvcc": nvcc},
-                          extra_link_args=["-fopenmp"] if "-fopenmp" in cxx else [])]
+                          extra_compile_args={"cxx": cxx + hdims + cublas_cxx, "nvcc": nvcc},
+                          extra_link_args=(["-fopenmp"] if "-fopenmp" in cxx else []) + cublas_link)]
 
 
 setup(

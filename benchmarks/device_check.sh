@@ -247,7 +247,7 @@ if [ $HAS_GPU = 1 ]; then
     # measurements above: run with CHECKS_ONLY=1 and PLANS=1), to set lstm_attn/plans.py's and
     # kernels/attention_layernorm.py's tables from numbers.
     [ "${PLANS:-0}" = 1 ] && {
-    for plan in tiled flash gemm; do
+    for plan in tiled flash gemm gemm3xtf32; do
         limit=$(limit_for 60 30)
         step "sweep, cuda plan $plan" 60 30 - env LSTM_ATTN_CUDA_PLAN=$plan "$PY" -m lstm_attn.cli bench \
             --device cuda --backends reference,sdpa,cuda --out "$OUT/plan-cuda-$plan-$SLUG-$DATE.json" \

@@ -64,6 +64,11 @@ MUTATIONS = (
     Mutation("triton-ln-bwd-mean", "the Triton LayerNorm backward drops the mean of g",
              "kernels/layernorm.py", "(g - xhat * mean_gx[:, None] - mean_g[:, None]) * rstd[:, None]",
              "(g - xhat * mean_gx[:, None]) * rstd[:, None]", TRITON_TESTS),
+    Mutation("gemm3xtf32-single", "the gemm3xtf32 plan keeps one TF32 product of the split's three (a_hi b_hi)",
+             "csrc/attention_gemm.cpp",
+             "return steps.product_tf32(a_hi, b_lo).add_(steps.product_tf32(a_lo, b_hi)).add_(steps.product_tf32(a_hi, "
+             "b_hi));", "return steps.product_tf32(a_hi, b_hi);",
+             ("tests/test_attention_plans.py", "-k", "gemm3xtf32")),
     Mutation("model-key-bias", "the last-step path drops the key bias's score term (and with it its gradient)",
              "lstm_attn/modules.py", "c = self.scale * (q * self.key.bias).sum(-1)", "c = torch.zeros_like(q[:, 0])",
              ("tests/test_modules.py", "tests/test_ddp.py", "-k", "reference-cpu or ddp or key_bias")),

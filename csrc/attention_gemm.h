@@ -22,6 +22,14 @@
 // The accumulation dtype is float32 (float64 for float64 inputs): scores and dP are kept in it until they become
 // probs and dS, which are rounded to the input dtype because they are operands of the next products, as in the
 // reference.
+//
+// Split TF32 products (plan "gemm3xtf32", float32 only): each product a b runs as three TF32 products,
+// a_hi b_lo + a_lo b_hi + a_hi b_hi, where x_hi is x rounded to TF32 (10 mantissa bits, to nearest) and x_lo = x - x_hi
+// (exact in float32): the idea of CUTLASS's OpMultiplyAddFastF32. What it drops, a_lo b_lo and the TF32 rounding of
+// the lo parts, is about 2^-21 of each term, against 2^-11 for one TF32 product, so the result keeps the float32
+// parity rule (1e-5 relative of float64) where a single TF32 product does not, at three Tensor Core products' cost
+// instead of one FFMA (SIMT) SGEMM's (by the H200's data sheet, TF32 runs about 7x float32's FFMA rate). It is never
+// chosen where torch's flags ask for exact float32 products unless a caller names it (lstm_attn/plans.py).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -36,6 +44,10 @@ namespace lstm_attn {
 struct GemmPlanSteps {
   // a (B, M, K) @ b (B, K, N) in the accumulation dtype; a and b may be transposed views.
   at::Tensor (*product_acc)(const at::Tensor& a, const at::Tensor& b);
+  // float32 a (B, M, K) @ b (B, K, N) -> float32 with TF32 operands, whatever torch's precision flags say: on a GPU
+  // cuBLAS's CUBLAS_COMPUTE_32F_FAST_TF32; on a CPU a model of it (each operand truncated to TF32, the worst the
+  // Tensor Cores do, then float32 products and sums), so that CI measures the split's error.
+  at::Tensor (*product_tf32)(const at::Tensor& a, const at::Tensor& b);
   // probs = exp(scores * scale - lse), lse = log sum_j exp(scores_j * scale), per row.
   void (*softmax)(const at::Tensor& scores, double scale, const at::Tensor& probs, const at::Tensor& lse);
   // attn = o rounded to the input dtype; y = attn + residual (from attn as stored, so that the backward rebuilds the
@@ -59,18 +71,25 @@ namespace cpu {
 const GemmPlanSteps& gemm_plan_steps();  // cpu/attention_gemm_steps.cpp
 }
 namespace gpu {
-const GemmPlanSteps& gemm_plan_steps();  // cuda/attention/gemm/steps.cu
+const GemmPlanSteps& gemm_plan_steps();  // cuda/attention/gemm/steps.cpp
+// Refuses, naming the reason, where this build has no cuBLAS for the split TF32 products.
+void check_tf32_products();
 }
 
-// (out, attn, lse, mean, rstd, probs), as the schema's attention_layernorm_fwd. Inputs already checked.
+// x rounded to the nearest TF32 value (ties away from zero, as cvt.rna.tf32.f32); non-finite values unchanged.
+at::Tensor round_to_tf32(const at::Tensor& x);
+
+// (out, attn, lse, mean, rstd, probs), as the schema's attention_layernorm_fwd. Inputs already checked. split_tf32:
+// every product as three TF32 products (float32 inputs only).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_gemm_fwd(
     const GemmPlanSteps& steps, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-    const at::Tensor& residual, const at::Tensor& weight, const at::Tensor& bias, double eps, double scale);
+    const at::Tensor& residual, const at::Tensor& weight, const at::Tensor& bias, double eps, double scale,
+    bool split_tf32);
 
 // (grad_q, grad_k, grad_v, grad_residual, grad_weight, grad_bias). Inputs already checked, probs included.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_gemm_bwd(
     const GemmPlanSteps& steps, const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
     const at::Tensor& v, const at::Tensor& residual, const at::Tensor& weight, const at::Tensor& attn,
-    const at::Tensor& mean, const at::Tensor& rstd, const at::Tensor& probs, double scale);
+    const at::Tensor& mean, const at::Tensor& rstd, const at::Tensor& probs, double scale, bool split_tf32);
 
 }  // namespace lstm_attn

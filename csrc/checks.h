@@ -48,22 +48,34 @@ inline void check_row_stats(const at::Tensor& t, const char* name, const at::Ten
 }
 
 // The kernel plans of attention_layernorm, the schema's `plan` argument. Which plan runs for which shape is decided
-// by the caller (lstm_attn/plans.py for the cuda backend); each device runs the plans it has (CPU: tiled, gemm;
-// CUDA: tiled, flash, gemm) and refuses the others by name.
-enum class Plan { kTiled, kFlash, kGemm };
+// by the caller (lstm_attn/plans.py for the cuda backend); each device runs the plans it has (CPU: tiled, gemm,
+// gemm3xtf32; CUDA: all four) and refuses the others by name. gemm3xtf32 is the gemm plan with every float32 product
+// split into three TF32 products (attention_gemm.h): float32 inputs only.
+enum class Plan { kTiled, kFlash, kGemm, kGemm3xTf32 };
 
 inline Plan parse_plan(std::string_view plan) {
   if (plan == "tiled") return Plan::kTiled;
   if (plan == "flash") return Plan::kFlash;
-  TORCH_CHECK(plan == "gemm", "plan must be 'tiled', 'flash' or 'gemm', got '", plan, "'");
+  if (plan == "gemm3xtf32") return Plan::kGemm3xTf32;
+  TORCH_CHECK(plan == "gemm", "plan must be 'tiled', 'flash', 'gemm' or 'gemm3xtf32', got '", plan, "'");
   return Plan::kGemm;
+}
+
+// The plans that run attention_gemm_fwd/bwd, and keep the probabilities from forward to backward.
+inline bool is_gemm(Plan plan) { return plan == Plan::kGemm || plan == Plan::kGemm3xTf32; }
+
+inline void check_gemm3xtf32(Plan plan, const at::Tensor& q) {
+  TORCH_CHECK(plan != Plan::kGemm3xTf32 || q.scalar_type() == at::kFloat,
+              "plan 'gemm3xtf32' splits float32 products into three TF32 ones and takes float32 inputs; got ",
+              q.scalar_type(), " (plan 'gemm' runs every dtype)");
 }
 
 // The gemm plan's backward takes the probabilities its forward kept, (B, Tq, Tk) in q's dtype.
 inline void check_probs(const at::Tensor& probs, const at::Tensor& q, const at::Tensor& k) {
   TORCH_CHECK(probs.dim() == 3 && probs.size(0) == q.size(0) && probs.size(1) == q.size(1) &&
                   probs.size(2) == k.size(1),
-              "probs has shape ", probs.sizes(), "; plan 'gemm' needs the probabilities its forward kept, (B, Tq, Tk) = (",
+              "probs has shape ", probs.sizes(),
+              "; the gemm plans need the probabilities their forward kept, (B, Tq, Tk) = (",
               q.size(0), ", ", q.size(1), ", ", k.size(1), ")");
   check_same(probs, "probs", q, "q");
 }

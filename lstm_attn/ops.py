@@ -5,8 +5,8 @@ Three ops, each a forward and a backward:
   backward needs: the attention output before the residual (B, Tq, H, input dtype), three row statistics
   (B, Tq), float32 (float64 for float64 inputs): the log-sum-exp of the scaled scores, the LayerNorm mean and
   rstd (the Triton op returns the three as one (3, B, Tq) buffer); and, from the extension's op, the softmax
-  itself (B, Tq, Tk) where its kernel plan keeps it ("gemm"), else an empty tensor. The extension's op takes the
-  plan by name (plans.py chooses it for the cuda backend).
+  itself (B, Tq, Tk) where its kernel plan keeps it ("gemm", "gemm3xtf32"), else an empty tensor. The extension's op
+  takes the plan by name (plans.py chooses it for the cuda backend).
 - softmax_pool: sum_j softmax_j(x_j . u + c) x_j, the memory-bound middle of the model's exact last-step
   path. Its forward also returns the log-sum-exp of the scores (B,), float32 (float64 for float64 inputs).
 - lstm: nn.LSTM(batch_first=True) over its flat weights, with an explicit dropout mask. Its forward also returns,
@@ -56,7 +56,7 @@ def _row_stats(like: Tensor, *shape) -> Tensor:
 def _fake_attention_layernorm_fwd(q, k, v, residual, weight, bias, eps, scale, plan="tiled"):
     _attention_layernorm_shapes(q, k, v, residual, weight, bias)
     B, Tq, _ = q.shape
-    probs = q.new_empty((B, Tq, k.shape[1]) if plan == "gemm" else (0,))
+    probs = q.new_empty((B, Tq, k.shape[1]) if plan in ("gemm", "gemm3xtf32") else (0,))
     return (torch.empty_like(q), torch.empty_like(q), *(_row_stats(q, B, Tq) for _ in range(3)), probs)
 
 

@@ -8,11 +8,15 @@ The plans (the extension op's `plan` argument; csrc/checks.h):
   Memory O(B * T * H).
 - "gemm": the six products through cuBLAS with fused kernels between them (csrc/attention_gemm.h). Keeps the softmax
   (B, Tq, Tk) from forward to backward: memory O(B * Tq * Tk).
+- "gemm3xtf32": the gemm plan, float32 only, with each product split into three TF32 products on the Tensor Cores
+  (x = x_hi + x_lo; a_hi b_lo + a_lo b_hi + a_hi b_hi): float32's accuracy (the 1e-5 parity rule) where one TF32
+  product is not, at Tensor Core rather than FFMA speed. Never chosen by the table until a GPU run shows it both
+  within the rule and faster; LSTM_ATTN_CUDA_PLAN=gemm3xtf32 turns it on, unsetting it turns it off.
 
 Each row says what chose it and which plan is the candidate to replace it once a GPU run has checked and measured
-that plan (none of flash and gemm has run on a GPU yet). Boundaries in Tk are
-left open (None) until a measurement sets them. LSTM_ATTN_CUDA_PLAN=tiled|flash|gemm, read at import, forces one
-plan wherever it can run (the table decides elsewhere): how the plans are measured against each other.
+that plan (none of flash, gemm and gemm3xtf32 has run on a GPU yet). Boundaries in Tk are left open (None) until a
+measurement sets them. LSTM_ATTN_CUDA_PLAN=tiled|flash|gemm|gemm3xtf32, read at import, forces one plan wherever it
+can run (the table decides elsewhere): how the plans are measured against each other.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-PLANS = ("tiled", "flash", "gemm")
+PLANS = ("tiled", "flash", "gemm", "gemm3xtf32")
 _16BIT = (torch.bfloat16, torch.float16)
 
 # What each plan can run, whatever the table says: dtypes and the largest H.
@@ -30,6 +34,7 @@ CAN_RUN = {
     "tiled": ((torch.float32, *_16BIT), 512),
     "flash": (_16BIT, 128),
     "gemm": ((torch.float32, *_16BIT), 512),
+    "gemm3xtf32": ((torch.float32,), 512),
 }
 
 
@@ -53,7 +58,8 @@ CUDA_PLANS = (
         "T >= 1024"),
     Row(_16BIT, 512, None, "tiled", "run 5: 0.23x ref (T = 1024) and 0.77x (T = 256); gemm is the candidate"),
     Row((torch.float32,), 64, None, "tiled", "run 5: 3.24x ref at T = 256, 1.19x at T = 1024"),
-    Row((torch.float32,), 512, None, "tiled", "run 5: 0.12-0.91x ref at H >= 128; gemm is the candidate"),
+    Row((torch.float32,), 512, None, "tiled", "run 5: 0.12-0.91x ref at H >= 128; gemm and gemm3xtf32 are "
+        "the candidates"),
 )
 
 

@@ -27,14 +27,17 @@ CPU_SHAPES = [(B, Tq, Tk, H) for B, Tk, H in itertools.product((1, 3), (1, 7, 13
 # (plan, device, dtypes): every plan each device runs, less the CPU's tiled plan (the cpu backend's own tests).
 PLAN_DEVICES = [
     pytest.param("gemm", "cpu", (torch.float64, torch.float32, *_16BIT), id="gemm-cpu"),
+    # On a CPU the TF32 products are a model (operands truncated to TF32, float32 products): the split's error.
+    pytest.param("gemm3xtf32", "cpu", (torch.float32,), id="gemm3xtf32-cpu"),
     pytest.param("tiled", "cuda", _GPU_DTYPES, id="tiled-cuda", marks=gpu),
     pytest.param("gemm", "cuda", _GPU_DTYPES, id="gemm-cuda", marks=gpu),
+    pytest.param("gemm3xtf32", "cuda", (torch.float32,), id="gemm3xtf32-cuda", marks=gpu),
     pytest.param("flash", "cuda", _16BIT, id="flash-cuda", marks=gpu),
 ]
 
 
 def _runs(plan, dtype, head_dim):
-    return plan != "flash" or plans.can_run(plan, dtype, head_dim)
+    return plan not in ("flash", "gemm3xtf32") or plans.can_run(plan, dtype, head_dim)
 
 
 def parity_params():
@@ -184,11 +187,11 @@ def test_plan_opcheck(plan, device, dtype, requires_grad):
 
 
 @pytest.mark.parametrize("plan, device, dtype", plan_devices())
-def test_only_the_gemm_plan_keeps_the_probabilities(plan, device, dtype):
+def test_only_the_gemm_plans_keep_the_probabilities(plan, device, dtype):
     require_backend(_backend(device), device)
     q, k, v, residual, weight, bias = attention_layernorm_inputs(2, 3, 5, 16, dtype, device)
     probs = torch.ops.lstm_attn.attention_layernorm_fwd(q, k, v, residual, weight, bias, 1e-5, 0.25, plan)[5]
-    if plan != "gemm":
+    if plan not in ("gemm", "gemm3xtf32"):
         assert probs.numel() == 0
         return
     expected = torch.softmax(q.double() @ k.double().transpose(1, 2) * 0.25, dim=-1)
@@ -199,7 +202,7 @@ def test_only_the_gemm_plan_keeps_the_probabilities(plan, device, dtype):
 def test_unknown_plan_is_refused_by_name():
     require_backend("cpu", "cpu")
     inputs = attention_layernorm_inputs(1, 2, 3, 8, torch.float32, "cpu")
-    with pytest.raises(RuntimeError, match="plan must be 'tiled', 'flash' or 'gemm', got 'fast'"):
+    with pytest.raises(RuntimeError, match="plan must be 'tiled', 'flash', 'gemm' or 'gemm3xtf32', got 'fast'"):
         torch.ops.lstm_attn.attention_layernorm_fwd(*inputs, 1e-5, 0.5, "fast")
     with pytest.raises(RuntimeError, match="plan 'flash' is a CUDA plan"):
         torch.ops.lstm_attn.attention_layernorm_fwd(*inputs, 1e-5, 0.5, "flash")
@@ -210,9 +213,37 @@ def test_gemm_backward_needs_the_kept_probabilities():
     inputs = attention_layernorm_inputs(1, 2, 3, 8, torch.float32, "cpu")
     q, k, v, residual, weight, _ = inputs
     out, attn, lse, mean, rstd, no_probs = torch.ops.lstm_attn.attention_layernorm_fwd(*inputs, 1e-5, 0.5)
-    with pytest.raises(RuntimeError, match=r"probs has shape \[0\]; plan 'gemm' needs the probabilities"):
+    with pytest.raises(RuntimeError, match=r"probs has shape \[0\]; the gemm plans need the probabilities"):
         torch.ops.lstm_attn.attention_layernorm_bwd(out, q, k, v, residual, weight, attn, lse, mean, rstd, no_probs,
                                                     0.5, "gemm")
+
+
+# The split TF32 products at length: scores over 4096 keys sum 4096 products per entry, where one TF32 product per
+# term (about 2^-11 relative) would break the float32 rule and the split (about 2^-21) must not.
+LONG_3XTF32 = [pytest.param(device, shape, id=f"{device}-" + "x".join(map(str, shape)), marks=marks)
+               for device, marks in (("cpu", ()), ("cuda", gpu)) for shape in ((1, 4096, 4096, 64), (1, 1, 4096, 256))]
+
+
+@pytest.mark.parametrize("device, shape", LONG_3XTF32)
+def test_gemm3xtf32_keeps_the_float32_rule_at_length(device, shape):
+    require_backend(_backend(device), device)
+    B, Tq, Tk, H = shape
+    inputs = attention_layernorm_inputs(B, Tq, Tk, H, torch.float32, device)
+    grad_out = torch.randn(B, Tq, H, dtype=torch.float64, generator=torch.Generator().manual_seed(3)).to(device)
+    check_op_parity(planned("gemm3xtf32"), reference.attention_layernorm, inputs, grad_out, ATTENTION_LAYERNORM_NAMES)
+
+
+def test_gemm3xtf32_runs_split_products_and_refuses_other_dtypes():
+    require_backend("cpu", "cpu")
+    inputs = attention_layernorm_inputs(2, 33, 70, 40, torch.float32, "cpu")
+    split = torch.ops.lstm_attn.attention_layernorm_fwd(*inputs, 1e-5, 0.3, "gemm3xtf32")[0]
+    exact = torch.ops.lstm_attn.attention_layernorm_fwd(*inputs, 1e-5, 0.3, "gemm")[0]
+    # Not the exact products (the TF32 model drops bits), yet within float32's rounding of them.
+    assert not torch.equal(split, exact)
+    torch.testing.assert_close(split, exact, rtol=1e-5, atol=1e-5)
+    half = attention_layernorm_inputs(1, 2, 3, 8, torch.bfloat16, "cpu")
+    with pytest.raises(RuntimeError, match="plan 'gemm3xtf32' splits float32 products .* got BFloat16"):
+        torch.ops.lstm_attn.attention_layernorm_fwd(*half, 1e-5, 0.5, "gemm3xtf32")
 
 
 @gpu
@@ -249,5 +280,5 @@ def test_forced_plan_applies_where_it_can_run(monkeypatch):
 
 def test_forced_plan_must_be_a_plan(monkeypatch):
     monkeypatch.setenv("LSTM_ATTN_CUDA_PLAN", "fastest")
-    with pytest.raises(ValueError, match="LSTM_ATTN_CUDA_PLAN must be one of tiled, flash, gemm; got 'fastest'"):
+    with pytest.raises(ValueError, match="LSTM_ATTN_CUDA_PLAN must be one of tiled, flash, gemm, gemm3xtf32; got 'fastest'"):
         plans._forced_plan()

@@ -17,6 +17,18 @@ Tensor product_acc(const Tensor& a, const Tensor& b) {
   return at::bmm(a.to(acc_of(a)), b.to(acc_of(b)));
 }
 
+Tensor truncate_to_tf32(const Tensor& x) {
+  // The 13 low mantissa bits cleared: what a Tensor Core reads of a float32 operand it is not told to round. An inf
+  // stays inf, and a NaN stays NaN where its quiet bit is set (as in every NaN torch makes).
+  return at::bitwise_and(x.contiguous().view(at::kInt), static_cast<int64_t>(static_cast<int32_t>(0xFFFFE000)))
+      .view(at::kFloat);
+}
+
+Tensor product_tf32(const Tensor& a, const Tensor& b) {
+  // A model of a TF32 product on a CPU: the operands as a Tensor Core reads them, exact float32 products, float32 sums.
+  return at::bmm(truncate_to_tf32(a), truncate_to_tf32(b));
+}
+
 void softmax(const Tensor& scores, double scale, const Tensor& probs, const Tensor& lse) {
   const Tensor s = scores * scale;
   lse.copy_(at::logsumexp(s, -1));
@@ -55,7 +67,8 @@ void softmax_bwd(const Tensor& probs, const Tensor& dp, const Tensor& delta, dou
 }  // namespace
 
 const GemmPlanSteps& gemm_plan_steps() {
-  static const GemmPlanSteps steps{product_acc, softmax, residual_layernorm, layernorm_bwd, softmax_bwd};
+  static const GemmPlanSteps steps{product_acc, product_tf32, softmax, residual_layernorm, layernorm_bwd,
+                                         softmax_bwd};
   return steps;
 }
 

@@ -354,7 +354,7 @@ void check_bias(const Tensor& bias, const Tensor& q) {
 // attention_gemm_steps.cpp).
 Plan cpu_plan(std::string_view plan) {
   const Plan p = parse_plan(plan);
-  TORCH_CHECK(p != Plan::kFlash, "plan 'flash' is a CUDA plan; the CPU runs 'tiled' and 'gemm'");
+  TORCH_CHECK(p != Plan::kFlash, "plan 'flash' is a CUDA plan; the CPU runs 'tiled', 'gemm' and 'gemm3xtf32'");
   return p;
 }
 
@@ -363,9 +363,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> attention_layernorm_f
     const Tensor& bias, double eps, double scale, std::string_view plan) {
   check_attention_layernorm_inputs(q, k, v, residual, weight);
   check_bias(bias, q);
-  if (cpu_plan(plan) == Plan::kGemm) {
+  const Plan p = cpu_plan(plan);
+  check_gemm3xtf32(p, q);
+  if (is_gemm(p)) {
     return attention_gemm_fwd(gemm_plan_steps(), q.contiguous(), k.contiguous(), v.contiguous(),
-                              residual.contiguous(), weight.contiguous(), bias.contiguous(), eps, scale);
+                              residual.contiguous(), weight.contiguous(), bias.contiguous(), eps, scale,
+                              p == Plan::kGemm3xTf32);
   }
   std::vector<Tensor> r;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "attention_layernorm_fwd_cpu", [&] {
@@ -388,11 +391,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> attention_layernorm_b
   check_row_stats(lse, "lse", q);
   check_row_stats(mean, "mean", q);
   check_row_stats(rstd, "rstd", q);
-  if (cpu_plan(plan) == Plan::kGemm) {
+  const Plan p = cpu_plan(plan);
+  check_gemm3xtf32(p, q);
+  if (is_gemm(p)) {
     check_probs(probs, q, k);
     return attention_gemm_bwd(gemm_plan_steps(), grad_out.contiguous(), q.contiguous(), k.contiguous(),
                               v.contiguous(), residual.contiguous(), weight.contiguous(), attn.contiguous(),
-                              mean.contiguous(), rstd.contiguous(), probs.contiguous(), scale);
+                              mean.contiguous(), rstd.contiguous(), probs.contiguous(), scale,
+                              p == Plan::kGemm3xTf32);
   }
   std::vector<Tensor> r;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "attention_layernorm_bwd_cpu", [&] {

@@ -129,10 +129,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   check_cuda_limits(q_in, k_in);
   const Plan plan = parse_plan(plan_name);
   if (plan == Plan::kFlash) check_flash(q_in);
+  check_gemm3xtf32(plan, q_in);
+  if (plan == Plan::kGemm3xTf32) check_tf32_products();
   const c10::cuda::CUDAGuard guard(q_in.device());
   const at::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
   const at::Tensor residual = residual_in.contiguous(), weight = weight_in.contiguous(), bias = bias_in.contiguous();
-  if (plan == Plan::kGemm) return attention_gemm_fwd(gemm_plan_steps(), q, k, v, residual, weight, bias, eps, scale);
+  if (is_gemm(plan)) {
+    return attention_gemm_fwd(gemm_plan_steps(), q, k, v, residual, weight, bias, eps, scale,
+                              plan == Plan::kGemm3xTf32);
+  }
 
   at::Tensor out = at::empty(q.sizes(), q.options()), attn = at::empty(q.sizes(), q.options());
   at::Tensor lse = row_stats(q), mean = row_stats(q), rstd = row_stats(q), no_probs = at::empty({0}, q.options());
@@ -175,15 +180,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   check_cuda_limits(q_in, k_in);
   const Plan plan = parse_plan(plan_name);
   if (plan == Plan::kFlash) check_flash(q_in);
-  if (plan == Plan::kGemm) check_probs(probs, q_in, k_in);
+  check_gemm3xtf32(plan, q_in);
+  if (plan == Plan::kGemm3xTf32) check_tf32_products();
+  if (is_gemm(plan)) check_probs(probs, q_in, k_in);
   const c10::cuda::CUDAGuard guard(q_in.device());
   const at::Tensor grad_out = grad_out_in.contiguous(), q = q_in.contiguous(), k = k_in.contiguous();
   const at::Tensor v = v_in.contiguous(), residual = residual_in.contiguous(), weight = weight_in.contiguous();
   const at::Tensor attn = attn_in.contiguous(), lse = lse_in.contiguous(), mean = mean_in.contiguous();
   const at::Tensor rstd = rstd_in.contiguous();
-  if (plan == Plan::kGemm) {
+  if (is_gemm(plan)) {
     return attention_gemm_bwd(gemm_plan_steps(), grad_out, q, k, v, residual, weight, attn, mean, rstd,
-                              probs.contiguous(), scale);
+                              probs.contiguous(), scale, plan == Plan::kGemm3xTf32);
   }
 
   at::Tensor grad_q = at::empty(q.sizes(), q.options()), grad_k = at::empty(k.sizes(), k.options());
