@@ -167,8 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     table = "\n".join(["| mutation | the bug | result | e.g. |", "|---|---|---|---|", *rows])
     print(f"\n{table}")
     if args.out:
-        Path(args.out).write_text(f"# Mutation check ({time.strftime('%Y-%m-%d')})\n\n`python benchmarks/mutations.py"
-                                  f"` at commit {commit}{dirty}, torch {torch.__version__}"
+        command = " ".join(["python benchmarks/mutations.py", *(argv if argv is not None else sys.argv[1:])])
+        Path(args.out).write_text(f"# Mutation check ({time.strftime('%Y-%m-%d')})\n\n`{command}`"
+                                  f" at commit {commit}{dirty}, torch {torch.__version__}"
                                   f"{', with a GPU' if has_gpu else ', no GPU'}.\n\n{table}\n")
     if gaps:
         print(f"\nnot caught by any test: {', '.join(gaps)}", file=sys.stderr)
