@@ -18,8 +18,9 @@ PyObject* PyInit__C(void) {
 TORCH_LIBRARY(lstm_attn, m) {
   // out = layer_norm(softmax(q k^T * scale) v + residual). Also returns what backward needs: attn = softmax(q k^T *
   // scale) v (input dtype), row statistics lse, mean, rstd (B, Tq) in float32 (float64 for float64 inputs), and
-  // probs: the softmax (B, Tq, Tk) where the plan keeps it for the backward ("gemm"), else an empty tensor.
-  // plan names the kernel plan: "tiled" (every device), "flash" (CUDA), "gemm" (every device; attention_gemm.h).
+  // probs: the softmax (B, Tq, Tk) where the plan keeps it for the backward ("gemm", "gemm3xtf32"), else an empty
+  // tensor. plan names the kernel plan: "tiled" (every device), "flash" (CUDA), "gemm" and "gemm3xtf32" (float32;
+  // every device; attention_gemm.h).
   // Which plan suits which shape is the caller's choice (lstm_attn/plans.py); the backward takes the forward's plan.
   m.def(
       "attention_layernorm_fwd(Tensor q, Tensor k, Tensor v, Tensor residual, Tensor weight, Tensor bias, "

@@ -350,11 +350,12 @@ void check_bias(const Tensor& bias, const Tensor& q) {
   check_same(bias, "bias", q, "q");
 }
 
-// The CPU runs two plans: "tiled" (the kernels above) and "gemm" (attention_gemm.h, with the steps of
-// attention_gemm_steps.cpp).
-Plan cpu_plan(std::string_view plan) {
+// The CPU runs three plans: "tiled" (the kernels above), "gemm" and "gemm3xtf32" (attention_gemm.h, with the steps
+// of attention_gemm_steps.cpp); the others, and gemm3xtf32 on anything but float32, are refused by name.
+Plan cpu_plan(std::string_view plan, const Tensor& q) {
   const Plan p = parse_plan(plan);
   TORCH_CHECK(p != Plan::kFlash, "plan 'flash' is a CUDA plan; the CPU runs 'tiled', 'gemm' and 'gemm3xtf32'");
+  check_gemm3xtf32(p, q);
   return p;
 }
 
@@ -363,8 +364,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> attention_layernorm_f
     const Tensor& bias, double eps, double scale, std::string_view plan) {
   check_attention_layernorm_inputs(q, k, v, residual, weight);
   check_bias(bias, q);
-  const Plan p = cpu_plan(plan);
-  check_gemm3xtf32(p, q);
+  const Plan p = cpu_plan(plan, q);
   if (is_gemm(p)) {
     return attention_gemm_fwd(gemm_plan_steps(), q.contiguous(), k.contiguous(), v.contiguous(),
                               residual.contiguous(), weight.contiguous(), bias.contiguous(), eps, scale,
@@ -391,8 +391,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> attention_layernorm_b
   check_row_stats(lse, "lse", q);
   check_row_stats(mean, "mean", q);
   check_row_stats(rstd, "rstd", q);
-  const Plan p = cpu_plan(plan);
-  check_gemm3xtf32(p, q);
+  const Plan p = cpu_plan(plan, q);
   if (is_gemm(p)) {
     check_probs(probs, q, k);
     return attention_gemm_bwd(gemm_plan_steps(), grad_out.contiguous(), q.contiguous(), k.contiguous(),

@@ -121,16 +121,23 @@ void check_like_q(const at::Tensor& t, const char* name, const at::Tensor& q) {
 
 at::Tensor row_stats(const at::Tensor& q) { return at::empty({q.size(0), q.size(1)}, q.options().dtype(at::kFloat)); }
 
+// The plan a call names, refused by name before anything runs where it cannot take q (flash: 16-bit, H <= 128;
+// gemm3xtf32: float32, and a build with cuBLAS).
+Plan cuda_plan(std::string_view name, const at::Tensor& q) {
+  const Plan plan = parse_plan(name);
+  if (plan == Plan::kFlash) check_flash(q);
+  check_gemm3xtf32(plan, q);
+  if (plan == Plan::kGemm3xTf32) check_tf32_products();
+  return plan;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_layernorm_fwd_cuda(
     const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& residual_in,
     const at::Tensor& weight_in, const at::Tensor& bias_in, double eps, double scale, std::string_view plan_name) {
   check_attention_layernorm_inputs(q_in, k_in, v_in, residual_in, weight_in);
   check_bias(bias_in, q_in);
   check_cuda_limits(q_in, k_in);
-  const Plan plan = parse_plan(plan_name);
-  if (plan == Plan::kFlash) check_flash(q_in);
-  check_gemm3xtf32(plan, q_in);
-  if (plan == Plan::kGemm3xTf32) check_tf32_products();
+  const Plan plan = cuda_plan(plan_name, q_in);
   const c10::cuda::CUDAGuard guard(q_in.device());
   const at::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
   const at::Tensor residual = residual_in.contiguous(), weight = weight_in.contiguous(), bias = bias_in.contiguous();
@@ -178,10 +185,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   check_row_stats(mean_in, "mean", q_in);
   check_row_stats(rstd_in, "rstd", q_in);
   check_cuda_limits(q_in, k_in);
-  const Plan plan = parse_plan(plan_name);
-  if (plan == Plan::kFlash) check_flash(q_in);
-  check_gemm3xtf32(plan, q_in);
-  if (plan == Plan::kGemm3xTf32) check_tf32_products();
+  const Plan plan = cuda_plan(plan_name, q_in);
   if (is_gemm(plan)) check_probs(probs, q_in, k_in);
   const c10::cuda::CUDAGuard guard(q_in.device());
   const at::Tensor grad_out = grad_out_in.contiguous(), q = q_in.contiguous(), k = k_in.contiguous();
