@@ -24,6 +24,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lstm_attn.plans import KEEPS_PROBS
+
 try:
     from lstm_attn import _C  # noqa: F401  (loading it runs the TORCH_LIBRARY registrations)
 
@@ -56,7 +58,7 @@ def _row_stats(like: Tensor, *shape) -> Tensor:
 def _fake_attention_layernorm_fwd(q, k, v, residual, weight, bias, eps, scale, plan="tiled"):
     _attention_layernorm_shapes(q, k, v, residual, weight, bias)
     B, Tq, _ = q.shape
-    probs = q.new_empty((B, Tq, k.shape[1]) if plan in ("gemm", "gemm3xtf32") else (0,))
+    probs = q.new_empty((B, Tq, k.shape[1]) if plan in KEEPS_PROBS else (0,))
     return (torch.empty_like(q), torch.empty_like(q), *(_row_stats(q, B, Tq) for _ in range(3)), probs)
 
 

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import torch
 
 PLANS = ("tiled", "flash", "gemm", "gemm3xtf32")
+# The plans whose forward keeps the softmax (B, Tq, Tk) for the backward: the op's `probs` output (csrc's is_gemm).
+KEEPS_PROBS = ("gemm", "gemm3xtf32")
 _16BIT = (torch.bfloat16, torch.float16)
 
 # What each plan can run, whatever the table says: dtypes and the largest H.

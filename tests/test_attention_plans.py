@@ -191,7 +191,7 @@ def test_only_the_gemm_plans_keep_the_probabilities(plan, device, dtype):
     require_backend(_backend(device), device)
     q, k, v, residual, weight, bias = attention_layernorm_inputs(2, 3, 5, 16, dtype, device)
     probs = torch.ops.lstm_attn.attention_layernorm_fwd(q, k, v, residual, weight, bias, 1e-5, 0.25, plan)[5]
-    if plan not in ("gemm", "gemm3xtf32"):
+    if plan not in plans.KEEPS_PROBS:
         assert probs.numel() == 0
         return
     expected = torch.softmax(q.double() @ k.double().transpose(1, 2) * 0.25, dim=-1)
