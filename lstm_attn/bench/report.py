@@ -107,12 +107,31 @@ class Run:
         return f"{e['device']}, {e['timestamp'][:10]}, commit {e['git_commit'][:12]} ({Path(self.source).name})"
 
 
-def load_runs(paths: list[str]) -> tuple[list[Run], list[Run]]:
-    """(sweep and model runs, profile runs): every file read by its schema; an unknown one is a SchemaError."""
+# Result files of the other tools that share benchmarks/results/, which a report has no table for: host_cost.py's
+# (rendered into the README as they are) and `lstm-attn kernels --json` (the README's kernels block).
+HOST_COST_SCHEMA = "lstm_attn.host_cost/1"
+
+
+def other_tool(doc) -> str | None:
+    """What wrote `doc` (a result file's JSON), when it is a result of host_cost.py or `lstm-attn kernels` rather
+    than a bench or profile file; None otherwise."""
+    if isinstance(doc, dict) and doc.get("schema") == HOST_COST_SCHEMA:
+        return "benchmarks/host_cost.py"
+    if isinstance(doc, list) and doc and all(isinstance(k, dict) and {"name", "registers"} <= k.keys() for k in doc):
+        return "lstm-attn kernels"
+    return None
+
+
+def load_runs(paths: list[str], skipped: list[tuple[str, str]] | None = None) -> tuple[list[Run], list[Run]]:
+    """(sweep and model runs, profile runs): every file read by its schema; an unknown one is a SchemaError. With a
+    `skipped` list, the results of other tools (other_tool) go into it as (path, tool) instead of failing."""
     benches, profiles = [], []
     for path in paths:
         doc = schema.read(path)
-        if isinstance(doc, dict) and doc.get("schema") == PROFILE_SCHEMA:
+        tool = other_tool(doc) if skipped is not None else None
+        if tool:
+            skipped.append((path, tool))
+        elif isinstance(doc, dict) and doc.get("schema") == PROFILE_SCHEMA:
             if not isinstance(doc.get("rows"), list) or not isinstance(doc.get("env"), dict):
                 raise schema.SchemaError(f"{path}: a {PROFILE_SCHEMA} file needs its env and rows")
             profiles.append(Run(path, doc))
@@ -399,9 +418,12 @@ def goals_table(merged: list[tuple[Run, dict]]) -> str:
             body.append([goal.name, r["device"], r["backend"], *map(str, _shape_key(r)),
                          f"{_x(speedup)}{mark} vs {peer or 'no peer measured'} (goal {goal.target}x)",
                          "yes" if met else "**no**"])
+    if not body:
+        return ("No timed row falls under a goal (the goals ask for device-time rows on a GPU, and the CPU goal's "
+                "shape).")
     marks = sorted({m for line in body for m in MARK_NOTES if m in line[-2]})
     return markdown_table(["goal", "device", "backend", "dtype", "B", "T", "H", "speedup", "met"], body) + "".join(
-        f"\n\n{m} {MARK_NOTES[m]}" for m in marks) if body else "No timed row falls under a goal (the goals ask for device-time rows on a GPU, and the CPU goal's shape)."
+        f"\n\n{m} {MARK_NOTES[m]}" for m in marks)
 
 
 def not_timed(merged: list[tuple[Run, dict]]) -> str:
@@ -516,46 +538,22 @@ def _readme(args: argparse.Namespace) -> int:
     return 1 if args.check and stale else 0
 
 
-# Result files of the other tools that share benchmarks/results/, which a report has no table for: host_cost.py's
-# (rendered into the README as they are) and `lstm-attn kernels --json` (the README's kernels block).
-HOST_COST_SCHEMA = "lstm_attn.host_cost/1"
-
-
-def other_tool(path: str) -> str | None:
-    """What wrote `path`, when it is a result of host_cost.py or `lstm-attn kernels` rather than a bench or profile
-    file; None otherwise (and for anything unreadable, which load_runs then reports)."""
-    try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if isinstance(doc, dict) and doc.get("schema") == HOST_COST_SCHEMA:
-        return "benchmarks/host_cost.py"
-    if isinstance(doc, list) and doc and all(isinstance(k, dict) and {"name", "registers"} <= k.keys() for k in doc):
-        return "lstm-attn kernels"
-    return None
-
-
 def run(args: argparse.Namespace) -> int:
     if args.readme:
         return _readme(args)
     if not args.files:
         print("lstm-attn report: error: give result files, or --readme MARKDOWN", file=sys.stderr)
         return 2
-    files = []
-    for path in args.files:
-        tool = other_tool(path)
-        if tool:
-            print(f"lstm-attn report: skipped {path}: a result of {tool}, not a bench or profile file",
-                  file=sys.stderr)
-        else:
-            files.append(path)
-    if not files:
-        print("lstm-attn report: error: no bench or profile file among the files given", file=sys.stderr)
-        return 2
+    skipped: list[tuple[str, str]] = []
     try:
-        benches, profiles = load_runs(files)
+        benches, profiles = load_runs(args.files, skipped)
     except schema.SchemaError as exc:
         print(f"lstm-attn report: error: {exc}", file=sys.stderr)
+        return 2
+    for path, tool in skipped:
+        print(f"lstm-attn report: skipped {path}: a result of {tool}, not a bench or profile file", file=sys.stderr)
+    if not benches and not profiles:
+        print("lstm-attn report: error: no bench or profile file among the files given", file=sys.stderr)
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
