@@ -63,7 +63,7 @@ def t(dtype, *shape):
 
 shapes = ((2, 37, 53, 64), (1, 130, 130, 128), (2, 70, 97, 59), (0, 4, 4, 64))
 for plan, dtypes in {"tiled": (torch.float32, torch.bfloat16), "flash": (torch.bfloat16, torch.float16),
-                     "gemm": (torch.float32, torch.bfloat16)}.items():
+                     "gemm": (torch.float32, torch.bfloat16), "gemm3xtf32": (torch.float32,)}.items():
     for dtype in dtypes:
         for B, Tq, Tk, H in shapes:
             if plan == "flash" and H > 128:
