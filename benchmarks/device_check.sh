@@ -76,7 +76,7 @@ for dtype in (torch.float32, torch.bfloat16):
     x, u, c = t(dtype, 3, 41, 64), t(dtype, 3, 64), t(dtype, 3)
     pooled = lstm_attn.softmax_pool(x, u, c, backend="cuda")
     pooled.backward(torch.randn_like(pooled))
-os.environ["LSTM_ATTN_LSTM_PLAN"] = "fused"
+lstm_attn.plans.FORCED[("cuda", "lstm")] = "fused"
 for dtype, H in ((torch.bfloat16, 64), (torch.float32, 64), (torch.bfloat16, 128), (torch.float32, 256)):
     module = torch.nn.LSTM(8, H, 2, batch_first=True)
     weights = [w.detach().to("cuda", dtype).requires_grad_(True) for w in module._flat_weights]
@@ -244,18 +244,18 @@ if [ $HAS_GPU = 1 ]; then
         --out "$PROFILE_JSON" --time-budget $((limit > 25 ? limit - 15 : 10))
     }
     # PLANS=1: each CUDA plan and each Triton plan forced on the attention sweep's shapes (in place of the
-    # measurements above: run with CHECKS_ONLY=1 and PLANS=1), to set lstm_attn/plans.py's and
-    # kernels/attention_layernorm.py's tables from numbers.
+    # measurements above: run with CHECKS_ONLY=1 and PLANS=1), to set lstm_attn/plans.py's tables from
+    # numbers.
     [ "${PLANS:-0}" = 1 ] && {
     for plan in tiled flash gemm gemm3xtf32; do
         limit=$(limit_for 60 30)
-        step "sweep, cuda plan $plan" 60 30 - env LSTM_ATTN_CUDA_PLAN=$plan "$PY" -m lstm_attn.cli bench \
+        step "sweep, cuda plan $plan" 60 30 - env LSTM_ATTN_PLAN_CUDA_ATTENTION=$plan "$PY" -m lstm_attn.cli bench \
             --device cuda --backends reference,sdpa,cuda --out "$OUT/plan-cuda-$plan-$SLUG-$DATE.json" \
             --time-budget $((limit > 30 ? limit - 20 : 10))
     done
     for plan in flash matmul; do
         limit=$(limit_for 60 30)
-        step "sweep, triton plan $plan" 60 30 - env LSTM_ATTN_TRITON_PLAN=$plan "$PY" -m lstm_attn.cli bench \
+        step "sweep, triton plan $plan" 60 30 - env LSTM_ATTN_PLAN_TRITON_ATTENTION=$plan "$PY" -m lstm_attn.cli bench \
             --device cuda --backends reference,sdpa,triton --out "$OUT/plan-triton-$plan-$SLUG-$DATE.json" \
             --time-budget $((limit > 30 ? limit - 20 : 10))
     done

@@ -35,6 +35,7 @@ fake_triton_driver.install()  # before lstm_attn: its kernels are defined agains
 import torch  # noqa: E402
 
 import lstm_attn  # noqa: E402
+from lstm_attn import plans  # noqa: E402
 from lstm_attn.bench.env import environment  # noqa: E402
 from lstm_attn.bench.report import markdown_table  # noqa: E402
 from lstm_attn.bench.schema import write_json  # noqa: E402
@@ -103,8 +104,10 @@ def providers(B, T, H, dtype):
     def public(fn, leaves, grad, **kwargs):
         return lambda: torch.autograd.grad(fn(*leaves, **kwargs), leaves, grad)
 
+    plan = plans.choose("triton", "attention", dtype, H, queries=T, keys=T)
+
     def registered():
-        out = torch.ops.lstm_attn.triton_attention_layernorm_fwd(*attn, 1e-5, scale)[0]
+        out = torch.ops.lstm_attn.triton_attention_layernorm_fwd(*attn, 1e-5, scale, plan)[0]
         return torch.autograd.grad(out, attn, g_attn)
 
     def with_hook(call):

@@ -19,7 +19,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 os.environ["LSTM_ATTN_TRITON_AUTOTUNE"] = "1"  # before lstm_attn: the autotuners are built at import
-os.environ["LSTM_ATTN_TRITON_PLAN"] = "flash"
+os.environ["LSTM_ATTN_PLAN_TRITON_ATTENTION"] = "flash"
 
 import torch  # noqa: E402
 

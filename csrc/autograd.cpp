@@ -95,14 +95,16 @@ std::tuple<at::Tensor, at::Tensor> softmax_pool_fwd_autograd(const at::Tensor& x
 class Lstm : public torch::autograd::Function<Lstm> {
  public:
   static tensor_list forward(AutogradContext* ctx, const at::Tensor& x, at::TensorList weights, const at::Tensor& h0,
-                             const at::Tensor& c0, const std::optional<at::Tensor>& dropout_mask, bool for_backward) {
+                             const at::Tensor& c0, const std::optional<at::Tensor>& dropout_mask, bool for_backward,
+                             std::string_view plan) {
     static auto fwd = c10::Dispatcher::singleton()
                           .findSchemaOrThrow("lstm_attn::lstm_fwd", "")
                           .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
                               const at::Tensor&, at::TensorList, const at::Tensor&, const at::Tensor&,
-                              const std::optional<at::Tensor>&, bool)>();
+                              const std::optional<at::Tensor>&, bool, std::string_view)>();
     at::AutoDispatchBelowADInplaceOrView below_autograd;  // as in AttentionLayerNorm::forward
-    auto [output, h_n, c_n, hidden, cell, gates] = fwd.call(x, weights, h0, c0, dropout_mask, for_backward);
+    auto [output, h_n, c_n, hidden, cell, gates] = fwd.call(x, weights, h0, c0, dropout_mask, for_backward, plan);
+    ctx->saved_data["plan"] = std::string(plan);
     ctx->mark_non_differentiable({hidden, cell, gates});
     std::vector<at::Tensor> saved{x, h0, c0, dropout_mask.value_or(at::Tensor()), hidden, cell, gates};
     saved.insert(saved.end(), weights.begin(), weights.end());
@@ -116,27 +118,29 @@ class Lstm : public torch::autograd::Function<Lstm> {
                           .typed<std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor, at::Tensor>(
                               const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                               at::TensorList, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                              const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
+                              const at::Tensor&, const at::Tensor&, const at::Tensor&, std::string_view)>();
     const auto s = ctx->get_saved_variables();
     const at::TensorList weights(s.data() + 7, s.size() - 7);
     const std::optional<at::Tensor> mask = s[3].defined() ? std::optional<at::Tensor>(s[3]) : std::nullopt;
     // grads[0..2] (output, h_n, c_n) are zeros where nothing used them (materialized, as in AttentionLayerNorm).
+    const std::string plan = ctx->saved_data["plan"].toStringRef();
     auto [dx, dweights, dh0, dc0] = bwd.call(grads[0], grads[1], grads[2], s[0], weights, s[1], s[2], mask, s[4],
-                                             s[5], s[6]);
+                                             s[5], s[6], plan);
     tensor_list out{dx};
     out.insert(out.end(), dweights.begin(), dweights.end());
-    out.insert(out.end(), {dh0, dc0, at::Tensor(), at::Tensor()});  // no gradient for dropout_mask, for_backward
+    // No gradient for dropout_mask, for_backward, plan.
+    out.insert(out.end(), {dh0, dc0, at::Tensor(), at::Tensor(), at::Tensor()});
     return out;
   }
 };
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_fwd_autograd(
     const at::Tensor& x, at::TensorList weights, const at::Tensor& h0, const at::Tensor& c0,
-    const std::optional<at::Tensor>& dropout_mask, bool for_backward) {
+    const std::optional<at::Tensor>& dropout_mask, bool for_backward, std::string_view plan) {
   bool needs_grad = x.requires_grad() || h0.requires_grad() || c0.requires_grad();
   for (const auto& w : weights) needs_grad = needs_grad || w.requires_grad();
   needs_grad = needs_grad && at::GradMode::is_enabled();
-  auto r = Lstm::apply(x, weights, h0, c0, dropout_mask, for_backward || needs_grad);
+  auto r = Lstm::apply(x, weights, h0, c0, dropout_mask, for_backward || needs_grad, plan);
   return {r[0], r[1], r[2], r[3], r[4], r[5]};
 }
 

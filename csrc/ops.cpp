@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include "cpu/tiles.h"
+#include "cuda_queries.h"
 
 extern "C" {
 // `import lstm_attn._C` loads this library, which runs the TORCH_LIBRARY registrations; the module itself
@@ -38,18 +39,32 @@ TORCH_LIBRARY(lstm_attn, m) {
   // The CPU kernels' tile sizes [query block, backward query block, key tile, min backward tasks], for tests
   // that must reach every tile boundary.
   m.def("cpu_attention_tiles() -> int[]", &lstm_attn::cpu::attention_tiles);
+  // The CUDA build's answers to what lstm_attn/plans.py must know before it chooses a plan (csrc/cuda_queries.h); in a
+  // build without CUDA kernels they raise, saying so.
+  // The rows per tile [BM, BN, ...] of the kernels a CUDA attention plan runs for (dtype, H): where the tile
+  // boundaries lie, for the tests.
+  m.def("cuda_attention_tiles(str plan, int H, ScalarType dtype) -> int[]",
+        [](std::string_view plan, int64_t H, at::ScalarType dtype) {
+          return lstm_attn::cuda_query(&lstm_attn::CudaQueries::attention_tiles)(plan, H, dtype);
+        });
+  // Why the fused CUDA LSTM kernels cannot run hidden size H in dtype on this device, or "" where they can.
+  m.def("cuda_lstm_fused_unsupported(ScalarType dtype, int H, Device device) -> str",
+        [](at::ScalarType dtype, int64_t H, at::Device device) {
+          return lstm_attn::cuda_query(&lstm_attn::CudaQueries::lstm_fused_unsupported)(dtype, H, device);
+        });
   // nn.LSTM(batch_first=True) with both biases: x (B, T, I); weights as nn.LSTM._flat_weights holds them, four per
   // layer (w_ih (4H, I or H), w_hh (4H, H), b_ih (4H,), b_hh (4H,)), gates in the order i, f, g, o; h0, c0
   // (L, B, H). dropout_mask (L - 1, T, B, H), in x's dtype, multiplies the input of layers 1 .. L - 1 (0 or
   // 1 / (1 - p): what torch.dropout draws); None: no dropout. Returns output (B, T, H), h_n and c_n (L, B, H), and,
   // when for_backward is set, what lstm_bwd reads: hidden (L, T + 1, B, H; each layer's h with
   // h0 first), cell (L, T, B, H) and gates (L, T, B, 4H; i, f, g, o after their activations), both float32
-  // (float64 for float64 x); without for_backward those three are empty.
+  // (float64 for float64 x); without for_backward those three are empty. plan names the kernel plan: "stepwise"
+  // (every device), "fused" (CUDA); the caller chooses (lstm_attn/plans.py), and the backward takes the forward's.
   m.def(
-      "lstm_fwd(Tensor x, Tensor[] weights, Tensor h0, Tensor c0, Tensor? dropout_mask, bool for_backward) -> "
-      "(Tensor output, Tensor h_n, Tensor c_n, Tensor hidden, Tensor cell, Tensor gates)");
+      "lstm_fwd(Tensor x, Tensor[] weights, Tensor h0, Tensor c0, Tensor? dropout_mask, bool for_backward, "
+      "str plan) -> (Tensor output, Tensor h_n, Tensor c_n, Tensor hidden, Tensor cell, Tensor gates)");
   m.def(
       "lstm_bwd(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor x, Tensor[] weights, Tensor h0, "
-      "Tensor c0, Tensor? dropout_mask, Tensor hidden, Tensor cell, Tensor gates) -> (Tensor grad_x, "
+      "Tensor c0, Tensor? dropout_mask, Tensor hidden, Tensor cell, Tensor gates, str plan) -> (Tensor grad_x, "
       "Tensor[] grad_weights, Tensor grad_h0, Tensor grad_c0)");
 }

@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from lstm_attn.limits import GPU_FLOATS, GPU_MAX_HEAD_DIM
+
 # Both are read once, when the kernels are defined: Triton itself decides at @triton.jit time whether a kernel is
 # interpreted, so switching either later would not switch the kernels.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -20,8 +22,9 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # for short GPU checks where benchmarking every config would cost more than the check itself.
 AUTOTUNE = os.environ.get("LSTM_ATTN_TRITON_AUTOTUNE", "1") != "0"
 
-SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-MAX_HEAD_DIM = 512
+# The limits of every GPU backend, lstm_attn.limits's: one place for Python, the Triton guards included.
+SUPPORTED_DTYPES = GPU_FLOATS
+MAX_HEAD_DIM = GPU_MAX_HEAD_DIM
 # Every block dimension that reaches tl.dot must be at least 16 on a GPU, so the smallest head-dim block is 16.
 HEAD_DIM_BLOCKS = (16, 32, 64, 128, 256, 512)
 

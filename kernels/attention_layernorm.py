@@ -1,6 +1,6 @@
 """layer_norm(softmax(q k^T * scale) v + residual) in Triton, flash plan: a FlashAttention-2 forward with the
-residual and LayerNorm in its epilogue, and a recomputing backward; and the launchers that choose between this
-plan and the matmul plan (attention_layernorm_matmul.py) by the table PLAN_BY_HEAD_DIM.
+residual and LayerNorm in its epilogue, and a recomputing backward; and the launchers, which run this plan or the
+matmul plan (attention_layernorm_matmul.py), whichever they are handed (lstm_attn/plans.py chooses).
 
 Forward (one launch): a program owns BLOCK_M query rows of one batch row, streams BLOCK_N keys/values at a time
 through an online softmax, and keeps the (BLOCK_M, H) output on chip until the epilogue adds the residual and
@@ -25,8 +25,6 @@ element), stream QK_CHUNK columns at a time from memory (L2-resident after the f
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
@@ -36,28 +34,15 @@ from ._common import autotuners, cdiv, dot_precision, head_dim_block, launch_key
 from ._launch import Launcher
 from .layernorm import layernorm_bwd, reduce_launch, reduce_partials
 
-# Which plan runs, by head-dim block: "flash" (this file: whole-row fp32 accumulators, nothing but the statistics
-# through memory) or "matmul" (attention_layernorm_matmul.py: the products as GEMMs through torch, so cuBLAS with
-# full Tensor Core tiles; softmax, residual and LayerNorm in Triton row kernels). Untested on GPU: a first guess
-# from the H200's run 5, where the reference's cuBLAS products beat both fused backends from H = 256 on, because
-# whole-row accumulators force 16-32-row tiles there. benchmarks/device_check.sh's sweep with
-# LSTM_ATTN_TRITON_PLAN=flash and =matmul measures both; replace the guess with what it shows per dtype and T.
-# A single query row (the model's last step, Tq = 1) has no GEMM to gain: it always takes the flash plan.
-PLAN_BY_HEAD_DIM = {16: "flash", 32: "flash", 64: "flash", 128: "flash", 256: "matmul", 512: "matmul"}
-MATMUL_MIN_TQ = 16
-# LSTM_ATTN_TRITON_PLAN=flash|matmul overrides the table, for measuring both plans on one GPU.
-PLAN_OVERRIDE = os.environ.get("LSTM_ATTN_TRITON_PLAN") or None
-if PLAN_OVERRIDE not in (None, "flash", "matmul"):
-    raise ValueError(f"LSTM_ATTN_TRITON_PLAN must be 'flash' or 'matmul' (or unset for the table), "
-                     f"got {PLAN_OVERRIDE!r}")
+# The plan arrives by name from the caller ("flash", this file; or "matmul", attention_layernorm_matmul.py: the
+# products as GEMMs through torch, so cuBLAS with full Tensor Core tiles; softmax, residual and LayerNorm in Triton
+# row kernels). lstm_attn/plans.py chooses it; the backward takes the forward's.
+PLANS = ("flash", "matmul")
 
 
-def plan_for(H, Tq) -> str:
-    if PLAN_OVERRIDE is not None:
-        return PLAN_OVERRIDE
-    if Tq < MATMUL_MIN_TQ:
-        return "flash"
-    return PLAN_BY_HEAD_DIM[head_dim_block(H)]
+def _check_plan(plan: str) -> None:
+    if plan not in PLANS:
+        raise ValueError(f"plan must be one of {', '.join(PLANS)}; got {plan!r}")
 
 
 def _table(rows_by_class: dict, names: tuple[str, ...]) -> dict:
@@ -332,14 +317,17 @@ def _attention_spec(q, H, grid, **extra):
                                        INPUT_PRECISION=dot_precision(q.dtype), **extra)
 
 
-def attention_layernorm_fwd(q, k, v, residual, weight, bias, eps: float, scale: float, traced: bool = False):
+def attention_layernorm_fwd(q, k, v, residual, weight, bias, eps: float, scale: float, plan: str = "flash",
+                            traced: bool = False):
     """-> out, attn (B, Tq, H) in the input dtype; stats (3, B, Tq) float32: lse, mean, rstd.
 
     Inputs must be contiguous and of a size and dtype the kernels take (check_launch). traced=True launches through
-    wrap_triton (inside the triton_op bodies that torch.compile and export trace); otherwise through the plans."""
+    wrap_triton (inside the triton_op bodies that torch.compile and export trace); otherwise through the cached
+    launches."""
+    _check_plan(plan)
     B, Tq, H = q.shape
     Tk = k.shape[1]
-    if plan_for(H, Tq) == "matmul":
+    if plan == "matmul":
         return matmul_plan.attention_layernorm_fwd(q, k, v, residual, weight, bias, eps, scale, traced)
     out = torch.empty_like(q)
     attn = torch.empty_like(q)
@@ -358,15 +346,17 @@ def attention_layernorm_fwd(q, k, v, residual, weight, bias, eps: float, scale: 
     return out, attn, stats
 
 
-def attention_layernorm_bwd(grad_out, q, k, v, residual, weight, attn, stats, scale: float, traced: bool = False):
+def attention_layernorm_bwd(grad_out, q, k, v, residual, weight, attn, stats, scale: float, plan: str = "flash",
+                            traced: bool = False):
     """-> grad_q, grad_k, grad_v, grad_residual (input shapes and dtype), grad_weight, grad_bias (H,).
 
-    Inputs as in attention_layernorm_fwd."""
+    Inputs as in attention_layernorm_fwd; plan: the forward's."""
+    _check_plan(plan)
     B, Tq, H = q.shape
     Tk = k.shape[1]
     # One key for the backward's launches: grad_out comes from outside too.
     key = None if traced else launch_key(q, k, (grad_out, q, k, v, residual, weight))
-    if plan_for(H, Tq) == "matmul":
+    if plan == "matmul":
         return matmul_plan.attention_layernorm_bwd(grad_out, q, k, v, residual, weight, attn, stats, scale, key)
     grad_q = torch.empty_like(q)
     grad_k = torch.empty_like(k)
@@ -401,15 +391,16 @@ class AttentionLayerNormFunction(torch.autograd.Function):
     and kernels, so both give bitwise the same results."""
 
     @staticmethod
-    def forward(ctx, q, k, v, residual, weight, bias, eps: float, scale: float):
-        out, attn, stats = attention_layernorm_fwd(q, k, v, residual, weight, bias, eps, scale)
+    def forward(ctx, q, k, v, residual, weight, bias, eps: float, scale: float, plan: str):
+        out, attn, stats = attention_layernorm_fwd(q, k, v, residual, weight, bias, eps, scale, plan)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(q, k, v, residual, weight, attn, stats)
-        ctx.scale = scale
+        ctx.scale, ctx.plan = scale, plan
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         if grad_out is None:
-            return (None,) * 8
-        return (*attention_layernorm_bwd(grad_out.contiguous(), *ctx.saved_tensors, ctx.scale), None, None)
+            return (None,) * 9
+        grads = attention_layernorm_bwd(grad_out.contiguous(), *ctx.saved_tensors, ctx.scale, ctx.plan)
+        return (*grads, None, None, None)

@@ -1,7 +1,7 @@
 """layer_norm(softmax(q k^T * scale) v + residual), matmul plan: the four products as GEMMs through torch (cuBLAS
 on a GPU, with full 64-128-row Tensor Core tiles whatever H is), and everything between them in Triton row kernels.
 No whole-row accumulator is held anywhere, which is what limits the flash plan's tiles, and so its occupancy, at
-large head dims. attention_layernorm.py chooses between the plans (PLAN_BY_HEAD_DIM); both save the same tensors.
+large head dims. lstm_attn/plans.py chooses between the plans; both save the same tensors.
 
 Forward: S = q k^T (input dtype, float32 accumulation); P = softmax(S * scale) written over S, with the lse;
 attn = P v; out = LayerNorm(attn + residual) with its mean and rstd. Backward: the LayerNorm backward and delta

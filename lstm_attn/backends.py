@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from lstm_attn import ops, plans, reference
+from lstm_attn import limits, ops, plans, reference
 
 BACKENDS = ("reference", "cpu", "cuda", "triton")
 
@@ -41,9 +41,6 @@ AUTO_GPU_LSTM_WHEN = {"cuda": lambda dtype, hidden_size: False}
 # Filled from real runs only (see benchmarks/device_check.sh); key (backend, "sm_XY").
 KNOWN_FAILURES: dict[tuple[str, str], str] = {}
 
-_ALL_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-_GPU_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-GPU_MAX_HEAD_DIM = 512
 
 
 @dataclass(frozen=True)
@@ -58,8 +55,6 @@ class BackendStatus:
 @dataclass(frozen=True)
 class Backend:
     name: str
-    dtypes: tuple[torch.dtype, ...]
-    max_head_dim: int | None
     status: Callable[[torch.device], BackendStatus]
     attention_layernorm: Callable
     softmax_pool: Callable
@@ -71,11 +66,12 @@ class Backend:
     def unsupported_reason(self, dtype: torch.dtype, head_dim: int, op: str = "attention") -> str | None:
         if op == "lstm" and self.lstm is None:
             return f"backend {self.name!r} has no LSTM kernels"
-        if dtype not in self.dtypes:
-            return f"backend {self.name!r} supports {', '.join(map(str, self.dtypes))}, not {dtype}"
+        dtypes, max_head_dim = limits.BACKENDS[self.name].dtypes, limits.BACKENDS[self.name].max_head_dim
+        if dtype not in dtypes:
+            return f"backend {self.name!r} supports {', '.join(map(str, dtypes))}, not {dtype}"
         # The CUDA LSTM serves any H: past its fused kernels' sizes it runs step by step.
-        if op == "attention" and self.max_head_dim is not None and head_dim > self.max_head_dim:
-            return f"backend {self.name!r} supports H up to {self.max_head_dim}, got H = {head_dim}"
+        if op == "attention" and max_head_dim is not None and head_dim > max_head_dim:
+            return f"backend {self.name!r} supports H up to {max_head_dim}, got H = {head_dim}"
         return None
 
 
@@ -142,12 +138,8 @@ def _triton_status(device: torch.device) -> BackendStatus:
     return BackendStatus(False, failure) if failure else BackendStatus(True)
 
 
-def _cpu_attention_layernorm(q, k, v, residual, weight, bias, eps, scale):
-    return torch.ops.lstm_attn.attention_layernorm_fwd(q, k, v, residual, weight, bias, eps, scale)[0]
-
-
-def _cuda_attention_layernorm(q, k, v, residual, weight, bias, eps, scale):
-    plan = plans.cuda_plan(q.dtype, q.shape[-1], k.shape[-2])
+def _extension_attention_layernorm(q, k, v, residual, weight, bias, eps, scale):
+    plan = plans.choose(q.device.type, "attention", q.dtype, q.shape[-1], queries=q.shape[-2], keys=k.shape[-2])
     return torch.ops.lstm_attn.attention_layernorm_fwd(q, k, v, residual, weight, bias, eps, scale, plan)[0]
 
 
@@ -158,9 +150,11 @@ def _extension_softmax_pool(x, u, c):
 # Triton: torch.compile and export trace the triton_op registrations; eager calls take a plain autograd.Function
 # over the same launchers and kernels (bitwise the same results), at a fraction of the custom-op layers' host cost.
 def _triton_attention_layernorm(q, k, v, residual, weight, bias, eps, scale):
+    plan = plans.choose("triton", "attention", q.dtype, q.shape[-1], queries=q.shape[-2], keys=k.shape[-2])
     if torch.compiler.is_compiling():
-        return torch.ops.lstm_attn.triton_attention_layernorm_fwd(q, k, v, residual, weight, bias, eps, scale)[0]
-    return ops.triton_kernels.AttentionLayerNormFunction.apply(q, k, v, residual, weight, bias, eps, scale)
+        return torch.ops.lstm_attn.triton_attention_layernorm_fwd(q, k, v, residual, weight, bias, eps, scale,
+                                                                  plan)[0]
+    return ops.triton_kernels.AttentionLayerNormFunction.apply(q, k, v, residual, weight, bias, eps, scale, plan)
 
 
 def _triton_softmax_pool(x, u, c):
@@ -188,23 +182,22 @@ def _extension_lstm(x, weights, h0, c0, dropout, training):
         weights = [w.to(dtype) for w in weights]
     L, B, H = len(weights) // 4, x.shape[0], weights[1].shape[1]
     zeros = x.new_zeros(L, B, H)
+    plan = plans.choose(x.device.type, "lstm", x.dtype, H, device=x.device)
     output, h_n, c_n, *_ = torch.ops.lstm_attn.lstm_fwd(x, weights, zeros if h0 is None else h0,
                                                         zeros if c0 is None else c0,
-                                                        _dropout_mask(x, L, H, dropout, training), False)
+                                                        _dropout_mask(x, L, H, dropout, training), False, plan)
     return output, (h_n, c_n)
 
 
 _REGISTRY = {
     b.name: b
     for b in (
-        Backend("reference", _ALL_DTYPES, None, _reference_status, reference.attention_layernorm,
-                reference.softmax_pool, reference.lstm),
-        Backend("cpu", _ALL_DTYPES, None, _cpu_status, _cpu_attention_layernorm, _extension_softmax_pool,
-                _extension_lstm),
-        Backend("cuda", _GPU_DTYPES, GPU_MAX_HEAD_DIM, _cuda_status, _cuda_attention_layernorm,
-                _extension_softmax_pool, _extension_lstm, fused_lstm=True),
-        Backend("triton", _GPU_DTYPES, GPU_MAX_HEAD_DIM, _triton_status, _triton_attention_layernorm,
-                _triton_softmax_pool),
+        Backend("reference", _reference_status, reference.attention_layernorm, reference.softmax_pool,
+                reference.lstm),
+        Backend("cpu", _cpu_status, _extension_attention_layernorm, _extension_softmax_pool, _extension_lstm),
+        Backend("cuda", _cuda_status, _extension_attention_layernorm, _extension_softmax_pool, _extension_lstm,
+                fused_lstm=True),
+        Backend("triton", _triton_status, _triton_attention_layernorm, _triton_softmax_pool),
     )
 }
 

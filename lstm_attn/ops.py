@@ -6,10 +6,11 @@ Three ops, each a forward and a backward:
   (B, Tq), float32 (float64 for float64 inputs): the log-sum-exp of the scaled scores, the LayerNorm mean and
   rstd (the Triton op returns the three as one (3, B, Tq) buffer); and, from the extension's op, the softmax
   itself (B, Tq, Tk) where its kernel plan keeps it ("gemm", "gemm3xtf32"), else an empty tensor. The extension's op
-  takes the plan by name (plans.py chooses it for the cuda backend).
+  takes the kernel plan by name (plans.py chooses it).
 - softmax_pool: sum_j softmax_j(x_j . u + c) x_j, the memory-bound middle of the model's exact last-step
   path. Its forward also returns the log-sum-exp of the scores (B,), float32 (float64 for float64 inputs).
-- lstm: nn.LSTM(batch_first=True) over its flat weights, with an explicit dropout mask. Its forward also returns,
+- lstm: nn.LSTM(batch_first=True) over its flat weights, with an explicit dropout mask and a kernel plan by name
+  (plans.py chooses it). Its forward also returns,
   where a gradient will be asked for, every layer's h (x's dtype), cell states and gates (float32, float64 for
   float64 inputs), from which the backward runs without recomputing the forward.
 
@@ -79,7 +80,7 @@ def _fake_softmax_pool_bwd(grad_pooled, x, u, c, pooled, lse):
     return torch.empty_like(x), torch.empty_like(u), torch.empty_like(c)
 
 
-def _fake_lstm_fwd(x, weights, h0, c0, dropout_mask, for_backward):
+def _fake_lstm_fwd(x, weights, h0, c0, dropout_mask, for_backward, plan):
     torch._check(x.dim() == 3 and len(weights) % 4 == 0 and len(weights) > 0,
                  lambda: "lstm_fwd expects x (B, T, I) and four weights per layer")
     L, (B, T, _), H = len(weights) // 4, x.shape, weights[1].shape[1]
@@ -89,21 +90,21 @@ def _fake_lstm_fwd(x, weights, h0, c0, dropout_mask, for_backward):
             _row_stats(x, *kept[1]), _row_stats(x, *kept[2]))
 
 
-def _fake_lstm_bwd(grad_output, grad_h_n, grad_c_n, x, weights, h0, c0, dropout_mask, hidden, cell, gates):
+def _fake_lstm_bwd(grad_output, grad_h_n, grad_c_n, x, weights, h0, c0, dropout_mask, hidden, cell, gates, plan):
     return x.new_empty(x.shape), [w.new_empty(w.shape) for w in weights], h0.new_empty(h0.shape), c0.new_empty(c0.shape)
 
 
 def _register_attention_layernorm_autograd(fwd_name: str, bwd_op) -> None:
     def setup_context(ctx, inputs, output):
-        q, k, v, residual, weight, bias, eps, scale = inputs
+        q, k, v, residual, weight, bias, eps, scale, plan = inputs
         out, attn, stats = output
         ctx.mark_non_differentiable(attn, stats)
         ctx.save_for_backward(q, k, v, residual, weight, attn, stats)
-        ctx.scale = scale
+        ctx.scale, ctx.plan = scale, plan
 
     def backward(ctx, grad_out, *_unused_statistics_grads):
-        grads = bwd_op(grad_out.contiguous(), *ctx.saved_tensors, ctx.scale)
-        return (*grads, None, None)
+        grads = bwd_op(grad_out.contiguous(), *ctx.saved_tensors, ctx.scale, ctx.plan)
+        return (*grads, None, None, None)
 
     torch.library.register_autograd(fwd_name, backward, setup_context=setup_context)
 
@@ -142,18 +143,19 @@ if TRITON_ERROR is None:
 
     @torch.library.triton_op("lstm_attn::triton_attention_layernorm_fwd", mutates_args=())
     def triton_attention_layernorm_fwd(q: Tensor, k: Tensor, v: Tensor, residual: Tensor, weight: Tensor,
-                                       bias: Tensor, eps: float, scale: float) -> tuple[Tensor, Tensor, Tensor]:
+                                       bias: Tensor, eps: float, scale: float, plan: str
+                                       ) -> tuple[Tensor, Tensor, Tensor]:
         _check_attention(q, k)
         return triton_kernels.attention_layernorm_fwd(*(t.contiguous() for t in (q, k, v, residual, weight, bias)),
-                                                      eps, scale, traced=True)
+                                                      eps, scale, plan, traced=True)
 
     @torch.library.triton_op("lstm_attn::triton_attention_layernorm_bwd", mutates_args=())
     def triton_attention_layernorm_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, residual: Tensor,
-                                       weight: Tensor, attn: Tensor, stats: Tensor, scale: float
+                                       weight: Tensor, attn: Tensor, stats: Tensor, scale: float, plan: str
                                        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         _check_attention(q, k)
         tensors = (grad_out, q, k, v, residual, weight, attn, stats)
-        return triton_kernels.attention_layernorm_bwd(*(t.contiguous() for t in tensors), scale, traced=True)
+        return triton_kernels.attention_layernorm_bwd(*(t.contiguous() for t in tensors), scale, plan, traced=True)
 
     @torch.library.triton_op("lstm_attn::triton_softmax_pool_fwd", mutates_args=())
     def triton_softmax_pool_fwd(x: Tensor, u: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:

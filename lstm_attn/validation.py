@@ -10,7 +10,7 @@ import math
 
 import torch
 
-FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+from lstm_attn.limits import ALL_FLOATS as FLOAT_DTYPES
 
 
 def _check_tensor(name: str, t, ndim: int, what: str) -> None:

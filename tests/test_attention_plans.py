@@ -1,7 +1,7 @@
 """Each kernel plan of attention_layernorm on its own, through the op's `plan` argument: forward and all six gradients
 against the reference, determinism, NaN isolation, empty batches, opcheck. Here: the CPU's gemm plan (its tiled plan
 is what the cpu backend runs in test_attention_layernorm.py). On a GPU: every CUDA plan, at the awkward sizes and at
-T = 4096. The table that picks a plan per call (lstm_attn/plans.py) is tested at the end."""
+T = 4096. The table that picks a plan per call (lstm_attn/plans.py) is tested in test_plans.py."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ PLAN_DEVICES = [
 
 
 def _runs(plan, dtype, head_dim):
-    return plan not in ("flash", "gemm3xtf32") or plans.can_run(plan, dtype, head_dim)
+    return plan not in ("flash", "gemm3xtf32") or plans.can_run("cuda", "attention", plan, dtype, head_dim)
 
 
 def parity_params():
@@ -99,7 +99,7 @@ def test_cuda_plan_parity_at_every_tile_boundary(plan, dtype, H):
     """Each CUDA plan at the tile sizes it runs for this dtype and head-dim bucket (the op reads them from the same
     traits as the launches), forward and all six gradients, an explicit scale and eps on half the shapes."""
     require_backend("cuda", "cuda")
-    if not plans.can_run(plan, dtype, H):
+    if not plans.can_run("cuda", "attention", plan, dtype, H):
         pytest.skip(f"plan {plan!r} does not run {dtype} at H = {H}")
     tiles = torch.ops.lstm_attn.cuda_attention_tiles(plan, H, dtype)
     assert tiles and all(t in (16, 32, 64, 128) for t in tiles), tiles
@@ -251,34 +251,7 @@ def test_gemm3xtf32_runs_split_products_and_refuses_other_dtypes():
 def test_flash_refuses_what_it_cannot_run(dtype):
     """Checked before any launch: float32, or H beyond the flash kernels' largest."""
     require_backend("cuda", "cuda")
-    H = 8 if dtype == torch.float32 else plans.CAN_RUN["flash"][1] + 1
+    H = 8 if dtype == torch.float32 else plans.FLASH_MAX_HEAD_DIM + 1
     inputs = attention_layernorm_inputs(1, 2, 3, H, dtype, "cuda")
     with pytest.raises(RuntimeError, match="plan 'flash' runs"):
         torch.ops.lstm_attn.attention_layernorm_fwd(*inputs, 1e-5, 0.5, "flash")
-
-
-# ------------------------------------------------------------------------------------------------- the plan table
-
-@pytest.mark.parametrize("dtype", [torch.float32, *_16BIT])
-@pytest.mark.parametrize("head_dim", [1, 64, 65, 128, 129, 256, 257, 512])
-@pytest.mark.parametrize("keys", [1, 256, 4096])
-def test_every_cuda_shape_gets_a_plan_that_can_run_it(dtype, head_dim, keys):
-    plan = plans.cuda_plan(dtype, head_dim, keys)
-    assert plans.can_run(plan, dtype, head_dim), (plan, dtype, head_dim)
-
-
-def test_forced_plan_applies_where_it_can_run(monkeypatch):
-    monkeypatch.setattr(plans, "FORCED", "flash")
-    assert plans.cuda_plan(torch.bfloat16, 64, 1024) == "flash"
-    monkeypatch.setattr(plans, "FORCED", None)
-    unforced = plans.cuda_plan(torch.float32, 64, 1024)
-    monkeypatch.setattr(plans, "FORCED", "flash")
-    assert plans.cuda_plan(torch.float32, 64, 1024) == unforced  # flash cannot run float32: the table decides
-    monkeypatch.setattr(plans, "FORCED", "gemm")
-    assert {plans.cuda_plan(d, h, 256) for d in (torch.float32, *_16BIT) for h in (8, 512)} == {"gemm"}
-
-
-def test_forced_plan_must_be_a_plan(monkeypatch):
-    monkeypatch.setenv("LSTM_ATTN_CUDA_PLAN", "fastest")
-    with pytest.raises(ValueError, match="LSTM_ATTN_CUDA_PLAN must be one of tiled, flash, gemm, gemm3xtf32; got 'fastest'"):
-        plans._forced_plan()

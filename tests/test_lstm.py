@@ -10,7 +10,7 @@ import torch
 
 import lstm_attn
 from _backends import require_backend
-from lstm_attn import backends
+from lstm_attn import backends, plans
 from lstm_attn.testing import assert_parity
 
 # Small shapes gain nothing from threads, and a busy machine's waiting OpenMP threads stall every small op.
@@ -113,13 +113,13 @@ def test_tf32_within_twice_cudnns_error(shape):
 @pytest.mark.parametrize("shape", [(17, 64, 8, 128, 2), (40, 9, 8, 256, 1), (5, 20, 3, 64, 3), (2, 7, 8, 31, 2)],
                          ids=lambda s: "x".join(map(str, s)))
 def test_fused_kernels_agree_with_the_step_by_step_plan(monkeypatch, shape, dtype):
-    """The same arithmetic in two plans (LSTM_ATTN_LSTM_PLAN): equal up to summation order, in every output."""
+    """The same arithmetic in two plans: equal up to summation order, in every output."""
     require_backend("cuda", "cuda")
     inputs = lstm_inputs(*shape)
     with tf32(False):
-        monkeypatch.setenv("LSTM_ATTN_LSTM_PLAN", "fused")
+        monkeypatch.setitem(plans.FORCED, ("cuda", "lstm"), "fused")
         fused = forward_backward(inputs, dtype, "cuda", "cuda")
-        monkeypatch.setenv("LSTM_ATTN_LSTM_PLAN", "stepwise")
+        monkeypatch.setitem(plans.FORCED, ("cuda", "lstm"), "stepwise")
         stepwise = forward_backward(inputs, dtype, "cuda", "cuda")
     want = forward_backward(inputs, torch.float64, "cpu", "reference")
     for name, a, s, r in zip(names(shape[4]), fused, stepwise, want):
@@ -158,7 +158,7 @@ def test_dropout_applies_the_mask_between_layers_only_in_training(device):
     require_backend(device, device)
     x, h0, c0, weights = on(lstm_inputs(3, 6, 2, 7, 3), device)
     mask = torch.dropout(torch.ones(2, 6, 3, 7, dtype=torch.float64, device=device), 0.5, True)
-    out, h_n, c_n, *_ = torch.ops.lstm_attn.lstm_fwd(x, weights, h0, c0, mask, False)
+    out, h_n, c_n, *_ = torch.ops.lstm_attn.lstm_fwd(x, weights, h0, c0, mask, False, "stepwise")
     layer_in = x
     for l in range(3):
         o, _ = lstm_attn.lstm(layer_in, weights[4 * l:4 * l + 4], h0[l:l + 1], c0[l:l + 1], backend="reference")
@@ -200,10 +200,10 @@ def test_h0_c0_default_to_zeros_and_no_workspace_without_gradients():
     for a, b in zip((got[0], *got[1]), (want[0], *want[1])):
         assert torch.equal(a, b)
     # Without a gradient to come, the forward keeps no hidden sequences, cell states or gates.
-    *_, hidden, cell, gates = torch.ops.lstm_attn.lstm_fwd(x, weights, zeros, zeros, None, False)
+    *_, hidden, cell, gates = torch.ops.lstm_attn.lstm_fwd(x, weights, zeros, zeros, None, False, "stepwise")
     assert hidden.numel() == cell.numel() == gates.numel() == 0
     *_, hidden, cell, gates = torch.ops.lstm_attn.lstm_fwd(x, [w.requires_grad_() for w in weights], zeros, zeros,
-                                                            None, False)
+                                                            None, False, "stepwise")
     assert hidden.shape == (2, 6, 2, 6) and cell.shape == (2, 5, 2, 6) and gates.shape == (2, 5, 2, 24)
     assert cell.dtype == gates.dtype == torch.float64
 
@@ -255,13 +255,15 @@ def test_opcheck(device):
     require_backend(device, device)
     x, h0, c0, weights = on(lstm_inputs(2, 3, 2, 4, 2), device, torch.float32)
     mask = torch.dropout(torch.ones(1, 3, 2, 4, device=device), 0.5, True)
-    torch.library.opcheck(torch.ops.lstm_attn.lstm_fwd, (x, weights, h0, c0, None, False))
+    plan = plans.choose(device, "lstm", x.dtype, 4, device=x.device)
+    torch.library.opcheck(torch.ops.lstm_attn.lstm_fwd, (x, weights, h0, c0, None, False, plan))
     leaves = [t.clone().requires_grad_(True) for t in (x, h0, c0, *weights)]
-    torch.library.opcheck(torch.ops.lstm_attn.lstm_fwd, (leaves[0], leaves[3:], leaves[1], leaves[2], mask, False))
-    out, h_n, c_n, hidden, cell, gates = torch.ops.lstm_attn.lstm_fwd(x, weights, h0, c0, mask, True)
+    torch.library.opcheck(torch.ops.lstm_attn.lstm_fwd, (leaves[0], leaves[3:], leaves[1], leaves[2], mask, False,
+                                                         plan))
+    out, h_n, c_n, hidden, cell, gates = torch.ops.lstm_attn.lstm_fwd(x, weights, h0, c0, mask, True, plan)
     torch.library.opcheck(torch.ops.lstm_attn.lstm_bwd, (torch.randn_like(out), torch.randn_like(h_n),
                                                          torch.randn_like(c_n), x, weights, h0, c0, mask, hidden,
-                                                         cell, gates))
+                                                         cell, gates, plan))
 
 
 def test_gradcheck_float64():
@@ -329,12 +331,16 @@ def test_the_ops_own_checks_name_the_argument():
     require_backend("cpu", "cpu")
     x, h0, c0, weights = lstm_inputs(2, 4, 3, 5, 2)
     with pytest.raises(RuntimeError, match=r"weights\[5\] \(w_hh of layer 1\) has shape"):
-        torch.ops.lstm_attn.lstm_fwd(x, weights[:5] + [weights[5][:, :4]] + weights[6:], h0, c0, None, False)
+        torch.ops.lstm_attn.lstm_fwd(x, weights[:5] + [weights[5][:, :4]] + weights[6:], h0, c0, None, False,
+                                     "stepwise")
     with pytest.raises(RuntimeError, match="dropout_mask has shape"):
-        torch.ops.lstm_attn.lstm_fwd(x, weights, h0, c0, torch.ones(2, 4, 2, 5, dtype=torch.float64), False)
-    out, h_n, c_n, hidden, cell, gates = torch.ops.lstm_attn.lstm_fwd(x, weights, h0, c0, None, False)
+        torch.ops.lstm_attn.lstm_fwd(x, weights, h0, c0, torch.ones(2, 4, 2, 5, dtype=torch.float64), False,
+                                     "stepwise")
+    with pytest.raises(RuntimeError, match="plan must be"):
+        torch.ops.lstm_attn.lstm_fwd(x, weights, h0, c0, None, False, "fastest")
+    out, h_n, c_n, hidden, cell, gates = torch.ops.lstm_attn.lstm_fwd(x, weights, h0, c0, None, False, "stepwise")
     with pytest.raises(RuntimeError, match="hidden has shape .*for_backward=True"):
-        torch.ops.lstm_attn.lstm_bwd(out, h_n, c_n, x, weights, h0, c0, None, hidden, cell, gates)
+        torch.ops.lstm_attn.lstm_bwd(out, h_n, c_n, x, weights, h0, c0, None, hidden, cell, gates, "stepwise")
 
 
 # The fused CUDA kernels' configurations (csrc/cuda/lstm/lstm.h: bucket Hp, units per block, layers per launch),
@@ -357,9 +363,9 @@ def test_fused_kernels_index_algebra_on_a_cpu_model(Hp, units, max_layers, B, T,
     g = torch.Generator().manual_seed(5)
     grad_output, grad_h_n, grad_c_n = (torch.randn(*s, generator=g, dtype=torch.float64)
                                        for s in ((B, T, H), (L, B, H), (L, B, H)))
-    out, h_n, c_n, hidden, cell, gates = torch.ops.lstm_attn.lstm_fwd(x, weights, h0, c0, mask, True)
+    out, h_n, c_n, hidden, cell, gates = torch.ops.lstm_attn.lstm_fwd(x, weights, h0, c0, mask, True, "stepwise")
     grad_x, grad_w, grad_h0, grad_c0 = torch.ops.lstm_attn.lstm_bwd(grad_output, grad_h_n, grad_c_n, x, weights, h0,
-                                                                    c0, mask, hidden, cell, gates)
+                                                                    c0, mask, hidden, cell, gates, "stepwise")
     want = [out, h_n, c_n, grad_x, grad_h0, grad_c0, *grad_w]
     got = _fused_lstm_model.lstm(x, weights, h0, c0, mask, grad_output, grad_h_n, grad_c_n, Hp, units, max_layers)
     for name, a, b in zip(names(L), got, want):
@@ -420,7 +426,7 @@ def test_graph_replay_equals_eager(plan, monkeypatch):
     """What the benchmarks' device-time rows replay: a forward+backward captured in a CUDA graph gives the eager
     call's bits (the kernels are deterministic)."""
     require_backend("cuda", "cuda")
-    monkeypatch.setenv("LSTM_ATTN_LSTM_PLAN", plan)
+    monkeypatch.setitem(plans.FORCED, ("cuda", "lstm"), plan)
     torch.manual_seed(0)
     module = torch.nn.LSTM(8, 128, 2, batch_first=True)
     weights = [w.detach().cuda().bfloat16().requires_grad_(True) for w in module._flat_weights]

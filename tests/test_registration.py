@@ -6,7 +6,7 @@ import torch
 import lstm_attn
 from _backends import fast_backend_params, require_backend
 from _cases import attention_layernorm_inputs
-from lstm_attn import backends
+from lstm_attn import backends, plans
 
 OPS = {
     "cpu": ("attention_layernorm_fwd", "softmax_pool_fwd"),
@@ -30,7 +30,8 @@ def test_opcheck(backend, device, requires_grad):
     utils = ("test_schema", "test_autograd_registration") if (backend, device) == ("triton", "cpu") else None
     kwargs = {"test_utils": utils} if utils else {}
     inputs = [t.requires_grad_(requires_grad) for t in attention_layernorm_inputs(2, 3, 5, 8, torch.float32, device)]
-    torch.library.opcheck(getattr(torch.ops.lstm_attn, attn_name), (*inputs, 1e-5, 8**-0.5), **kwargs)
+    plan = plans.choose(backend, "attention", torch.float32, 8, queries=3, keys=5)
+    torch.library.opcheck(getattr(torch.ops.lstm_attn, attn_name), (*inputs, 1e-5, 8**-0.5, plan), **kwargs)
     pool = [t.requires_grad_(requires_grad) for t in pool_args(device)]
     torch.library.opcheck(getattr(torch.ops.lstm_attn, pool_name), tuple(pool), **kwargs)
 

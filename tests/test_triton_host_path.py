@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import lstm_attn
+from lstm_attn import plans
 from _backends import fast_backend_params, require_backend
 from _cases import (ATTENTION_LAYERNORM_NAMES, attention_layernorm_inputs, check_op_parity, pool_inputs,
                     reference_attention_layernorm)
@@ -34,7 +35,8 @@ def test_eager_and_registered_paths_are_bitwise_equal(backend, device, shape):
     grad = torch.randn(B, Tq, H, generator=torch.Generator().manual_seed(1)).to(device)
     scale = H**-0.5
     eager = _grads(partial(lstm_attn.attention_layernorm, backend="triton"), inputs, grad)
-    registered = _grads(lambda *a: torch.ops.lstm_attn.triton_attention_layernorm_fwd(*a, 1e-5, scale)[0],
+    plan = plans.choose("triton", "attention", torch.float32, H, queries=Tq, keys=Tk)
+    registered = _grads(lambda *a: torch.ops.lstm_attn.triton_attention_layernorm_fwd(*a, 1e-5, scale, plan)[0],
                         inputs, grad)
     for name, a, b in zip(["out", *ATTENTION_LAYERNORM_NAMES], eager, registered):
         assert torch.equal(a, b), f"{name}: the eager path and the triton_op registration differ"
@@ -72,9 +74,7 @@ def test_both_attention_plans_keep_parity(backend, device, plan, dtype, monkeypa
     """Each plan forced on a shape the table gives the other (H = 59 -> flash, H = 130 with Tq >= 16 -> matmul)
     and on one of its own, with tails in every dimension."""
     require_backend(backend, device)
-    from lstm_attn.kernels import attention_layernorm
-
-    monkeypatch.setattr(attention_layernorm, "PLAN_OVERRIDE", plan)
+    monkeypatch.setitem(plans.FORCED, ("triton", "attention"), plan)
     for B, Tq, Tk, H in [(2, 17, 21, 59), (2, 17, 9, 130)]:
         inputs = attention_layernorm_inputs(B, Tq, Tk, H, dtype, device)
         grad = torch.randn(B, Tq, H, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(device)
@@ -85,26 +85,12 @@ def test_both_attention_plans_keep_parity(backend, device, plan, dtype, monkeypa
 @pytest.mark.parametrize("backend, device", TRITON)
 def test_matmul_plan_backward_is_deterministic(backend, device, monkeypatch):
     require_backend(backend, device)
-    from lstm_attn.kernels import attention_layernorm
-
-    monkeypatch.setattr(attention_layernorm, "PLAN_OVERRIDE", "matmul")
+    monkeypatch.setitem(plans.FORCED, ("triton", "attention"), "matmul")
     inputs = attention_layernorm_inputs(3, 33, 40, 24, torch.float32, device)
     grad = torch.randn(3, 33, 24).to(device)
     first, second = (_grads(partial(lstm_attn.attention_layernorm, backend="triton"), inputs, grad) for _ in "ab")
     for name, a, b in zip(["out", *ATTENTION_LAYERNORM_NAMES], first, second):
         assert torch.equal(a, b), f"{name} differs between two identical runs of the matmul plan"
-
-
-def test_plan_table_covers_every_head_dim_block():
-    pytest.importorskip("triton")
-    from lstm_attn.kernels import _common, attention_layernorm
-
-    assert set(attention_layernorm.PLAN_BY_HEAD_DIM) == set(_common.HEAD_DIM_BLOCKS)
-    assert set(attention_layernorm.PLAN_BY_HEAD_DIM.values()) <= {"flash", "matmul"}
-    if attention_layernorm.PLAN_OVERRIDE is None:
-        # The model's last step (one query row) has no GEMM to gain.
-        assert all(attention_layernorm.plan_for(H, 1) == "flash" for H in (8, 64, 256, 512))
-        assert attention_layernorm.plan_for(512, 256) == attention_layernorm.PLAN_BY_HEAD_DIM[512]
 
 
 def test_pinned_autotuning_winner_replaces_the_search(monkeypatch):

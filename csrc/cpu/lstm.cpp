@@ -9,6 +9,7 @@
 #include <torch/version.h>
 
 #include <algorithm>
+#include <string_view>
 
 #include "checks.h"
 #include "lstm_cell.h"
@@ -265,20 +266,26 @@ void step_backward(const at::Tensor& gates, const at::Tensor& c, const at::Tenso
 
 constexpr StepKernels kCpuSteps{&step_forward, &step_backward};
 
+// The named plan (lstm_attn/plans.py chooses; the backward is handed its forward's).
+Plan cpu_plan(std::string_view name) {
+  TORCH_CHECK(name == "stepwise", "plan must be 'stepwise' on CPU, got '", name, "'");
+  return stepwise_plan(kCpuSteps);
+}
+
 ForwardResult lstm_fwd_cpu(const at::Tensor& x, at::TensorList weights, const at::Tensor& h0, const at::Tensor& c0,
-                           const std::optional<at::Tensor>& dropout_mask, bool for_backward) {
+                           const std::optional<at::Tensor>& dropout_mask, bool for_backward, std::string_view plan) {
   check_lstm_inputs(x, weights, h0, c0, dropout_mask);
-  return forward(stepwise_plan(kCpuSteps), x, weights, h0, c0, dropout_mask, for_backward);
+  return forward(cpu_plan(plan), x, weights, h0, c0, dropout_mask, for_backward);
 }
 
 BackwardResult lstm_bwd_cpu(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
                             const at::Tensor& x, at::TensorList weights, const at::Tensor& h0, const at::Tensor& c0,
                             const std::optional<at::Tensor>& dropout_mask, const at::Tensor& hidden,
-                            const at::Tensor& cell, const at::Tensor& gates) {
+                            const at::Tensor& cell, const at::Tensor& gates, std::string_view plan) {
   check_lstm_inputs(x, weights, h0, c0, dropout_mask);
   check_lstm_saved(x, h0.size(0), h0.size(2), hidden, cell, gates);
   check_lstm_grads(x, h0, grad_output, grad_h_n, grad_c_n);
-  return backward(stepwise_plan(kCpuSteps), grad_output, grad_h_n, grad_c_n, x, weights, h0, c0, dropout_mask, hidden,
+  return backward(cpu_plan(plan), grad_output, grad_h_n, grad_c_n, x, weights, h0, c0, dropout_mask, hidden,
                   cell, gates);
 }
 

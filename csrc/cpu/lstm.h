@@ -8,7 +8,7 @@
 // The step-by-step plan runs a recurrence as a GEMM per time step through ATen (oneDNN or BLAS on CPU, cuBLAS on a
 // GPU) and the cell's elementwise step (csrc/lstm_cell.h) as the device's own loop or kernel (StepKernels). It is the
 // CPU implementation of the ops and, on a GPU, the plan for what the fused kernels do not cover and the fallback that
-// LSTM_ATTN_LSTM_PLAN=stepwise selects.
+// plan "stepwise" selects (lstm_attn/plans.py).
 //
 // Both plans compute alike: preactivations, cell states, gates and the gradients inside a step in the accumulation
 // type acc (float; double for float64), with 16-bit operands' products exact in it; h_t rounded to the dtype once,

@@ -20,12 +20,12 @@
 
 #include "checks.h"
 #include "cuda/common.cuh"
+#include "kernel_limits.h"
 
 namespace lstm_attn::gpu {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kMaxHeadDim = 512;
 constexpr int kMaxPerLane = kMaxHeadDim / 32;  // columns per lane at G = 32
 constexpr int kMinSplitRows = 512;             // a split streams at least this many rows
 constexpr int kTargetBlocks = 1024;            // enough blocks to fill any current GPU several times over

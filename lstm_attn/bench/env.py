@@ -109,10 +109,8 @@ def environment(device: torch.device) -> dict:
             "cuda": torch.version.cuda or "none",
             # Whether the Triton rows come from autotuned configs or each table's first (default) config.
             "triton_autotune": os.environ.get("LSTM_ATTN_TRITON_AUTOTUNE", "1") != "0",
-            # The cuda rows' kernel plan: lstm_attn/plans.py's table, or the one LSTM_ATTN_CUDA_PLAN forces.
-            "cuda_plan": plans.FORCED or "table",
-            # Which attention plan the Triton rows ran: the kernels' table, or one forced for comparing plans.
-            "triton_plan": os.environ.get("LSTM_ATTN_TRITON_PLAN") or "table",
+            # The kernel plans forced for every row (lstm_attn/plans.py's variables); the tables chose the others.
+            "plans_forced": plans.forced_summary(),
             "allow_tf32": torch.backends.cuda.matmul.allow_tf32,
         })
     else:

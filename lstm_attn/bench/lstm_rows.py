@@ -5,7 +5,7 @@ the gradients of the output, h_n and c_n with respect to x and every weight. Pro
   reference      lstm_attn.reference.lstm, PyTorch's LSTM: the peer; its rows name the kernels cuDNN ran, which
                  say whether PyTorch chose the persistent algorithm or the per-step one
   cuda           lstm_attn.lstm(backend="cuda"): the fused kernels where they run, else the step-by-step plan
-  cuda-stepwise  the same with LSTM_ATTN_LSTM_PLAN=stepwise: the fallback alone
+  cuda-stepwise  the same with the stepwise plan forced: the fallback alone
   cpu            lstm_attn.lstm(backend="cpu"): the op's CPU kernels
 Dtype labels are lstm_attn.bench.cases's: "float32" with TF32 off for cuDNN and ours alike, "float32-tf32" with it
 on (PyTorch's default for cuDNN's LSTM), "bfloat16", "float16". Parity, on the first rows of the batch: the rule of
@@ -15,20 +15,16 @@ FLOPs count the matrix products: forward 8 B T H (I_l + H) per layer, backward t
 
 from __future__ import annotations
 
-import contextlib
-import os
-
 import torch
 
 import lstm_attn
-from lstm_attn import reference
+from lstm_attn import plans, reference
 from lstm_attn.bench.cases import DTYPES, PARITY_ROWS, input_sets, precision
 from lstm_attn.bench.group import Candidate, Group, Outputs, Runner, Work
 
 CASE = "lstm"
 PASS = "fwd+bwd"
 LAYERS, INPUT_SIZE = 2, 8
-PLAN_VARIABLE = "LSTM_ATTN_LSTM_PLAN"
 DEFAULT_PROVIDERS = {"cuda": ("reference", "cuda", "cuda-stepwise"), "cpu": ("reference", "cpu")}
 
 
@@ -38,21 +34,6 @@ def lstm_work(B: int, T: int, H: int, itemsize: int) -> Work:
     # x read and its gradient written, the output's gradient read and the output written; weights read, their
     # gradients written.
     return Work(flops, itemsize * (2 * B * T * INPUT_SIZE + 2 * B * T * H + 2 * params))
-
-
-@contextlib.contextmanager
-def _plan(plan: str | None):
-    saved = os.environ.get(PLAN_VARIABLE)
-    if plan is not None:
-        os.environ[PLAN_VARIABLE] = plan
-    try:
-        yield
-    finally:
-        if plan is not None:
-            if saved is None:
-                del os.environ[PLAN_VARIABLE]
-            else:
-                os.environ[PLAN_VARIABLE] = saved
 
 
 class _Inputs:
@@ -76,7 +57,7 @@ def _call(provider: str, inputs: _Inputs) -> list[torch.Tensor]:
     if provider == "reference":
         output, (h_n, c_n) = reference.lstm(inputs.x, inputs.weights)
     else:
-        with _plan("stepwise" if provider == "cuda-stepwise" else None):
+        with plans.forcing("cuda", "lstm", "stepwise" if provider == "cuda-stepwise" else None):
             output, (h_n, c_n) = lstm_attn.lstm(inputs.x, inputs.weights,
                                                 backend="cuda" if provider.startswith("cuda") else provider)
     leaves = [inputs.x, *inputs.weights]

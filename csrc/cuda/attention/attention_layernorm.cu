@@ -16,13 +16,13 @@
 
 #include "attention_gemm.h"
 #include "checks.h"
+#include "cuda_queries.h"
+#include "kernel_limits.h"
 #include "cuda/attention/flash/flash.cuh"
 #include "cuda/attention/tiled/tiled.cuh"
 
 namespace lstm_attn::gpu {
 namespace {
-
-constexpr int64_t kMaxHeadDim = 512;
 
 int bucket_for(int64_t H) { return H <= 32 ? 32 : H <= 64 ? 64 : H <= 128 ? 128 : H <= 256 ? 256 : 512; }
 
@@ -279,14 +279,11 @@ std::vector<int64_t> attention_tiles(std::string_view plan_name, int64_t H, c10:
   return rows;
 }
 
+// The answer to ops.cpp's cuda_attention_tiles, given when the library loads.
+const bool kTilesQueryRegistered = (cuda_queries().attention_tiles = &attention_tiles, true);
+
 }  // namespace
 }  // namespace lstm_attn::gpu
-
-// A CUDA build's own helper op, beside the kernels whose traits it reads (a CPU build has no such tiles).
-TORCH_LIBRARY_FRAGMENT(lstm_attn, m) {
-  // The rows per tile [BM, BN, ...] of the kernels a CUDA plan runs for (dtype, H): where the tile boundaries lie.
-  m.def("cuda_attention_tiles(str plan, int H, ScalarType dtype) -> int[]", &lstm_attn::gpu::attention_tiles);
-}
 
 TORCH_LIBRARY_IMPL(lstm_attn, CUDA, m) {
   m.impl("attention_layernorm_fwd", &lstm_attn::gpu::attention_layernorm_fwd_cuda);

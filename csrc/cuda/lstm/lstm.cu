@@ -2,10 +2,9 @@
 // elementwise kernels, and the host side of the fused plan (weight packing and launch parameters; its kernels are in
 // lstm_kernels.cuh, the design in lstm.h).
 //
-// Plans (LSTM_ATTN_LSTM_PLAN selects one; the default is auto):
-//   auto      the fused kernels where they run (H <= 256 in a compiled bucket, clusters need sm_90, and the GPU
-//             gives a block their shared memory), else stepwise
-//   fused     the fused kernels, or an error that says why they cannot run
+// Plans (the op's plan argument; lstm_attn/plans.py chooses, asking cuda_lstm_fused_unsupported first):
+//   fused     the fused kernels (H <= 256 in a compiled bucket, clusters need sm_90, and the GPU gives a block their
+//             shared memory), or an error that says why they cannot run
 //   stepwise  a cuBLAS product and a small elementwise kernel per step (csrc/cpu/lstm.h): the simple fallback
 // The fused float32 products use TF32 where torch.backends.cudnn.allow_tf32 allows it (PyTorch's default): the
 // LSTM these kernels replace is cuDNN's, which follows that flag. The GEMMs around the recurrence (input
@@ -16,11 +15,13 @@
 #include <torch/library.h>
 
 #include <climits>
-#include <cstdlib>
 #include <string>
+#include <string_view>
 
 #include "checks.h"
 #include "cpu/lstm.h"
+#include "cuda_queries.h"
+#include "kernel_limits.h"
 #include "cuda/common.cuh"
 #include "cuda/lstm/lstm.h"
 #include "lstm_cell.h"
@@ -141,17 +142,16 @@ void with_bucket(int Hp, F&& f) {
   }
 }
 
-// Why the fused kernels cannot run these inputs; empty if they can.
-std::string fused_unsupported(const at::Tensor& x, int64_t H, Shape* shape) {
-  if (H > 256) return "they take H up to 256, got H = " + std::to_string(H);
+// Why the fused kernels cannot run hidden size H in dtype on device; empty if they can. Sets *shape where they can.
+std::string fused_unsupported(c10::ScalarType dtype, int64_t H, c10::DeviceIndex device, Shape* shape) {
+  if (H > kFusedLstmMaxHidden)
+    return "they take H up to " + std::to_string(kFusedLstmMaxHidden) + ", got H = " + std::to_string(H);
   const int Hp = bucket_for(H);
   if (Hp == 0) return "this build has no bucket for H = " + std::to_string(H) + " (LSTM_ATTN_HEAD_DIMS left it out)";
-  if (x.size(0) == 0) return "the batch is empty";
-  if (x.size(0) > INT_MAX / 2 || x.size(1) > INT_MAX / 2) return "B or T is too large for one launch";
-  with_bucket(Hp, [&](auto bucket) { *shape = fused_shape<decltype(bucket)::value>(path_for(x.scalar_type())); });
+  with_bucket(Hp, [&](auto bucket) { *shape = fused_shape<decltype(bucket)::value>(path_for(dtype)); });
   int major = 0, optin = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, x.get_device()));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, x.get_device()));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   if (shape->cluster > 1 && major < 9)
     return "H = " + std::to_string(H) + " in this dtype needs thread-block clusters (sm_90 or newer)";
   if (shape->smem > static_cast<size_t>(optin))
@@ -159,6 +159,15 @@ std::string fused_unsupported(const at::Tensor& x, int64_t H, Shape* shape) {
            std::to_string(optin);
   return "";
 }
+
+// ops.cpp's cuda_lstm_fused_unsupported: what plans.py asks before it chooses "fused".
+std::string fused_unsupported_query(c10::ScalarType dtype, int64_t H, c10::Device device) {
+  TORCH_CHECK(device.is_cuda(), "cuda_lstm_fused_unsupported: device must be a CUDA device, got ", device);
+  Shape shape{};
+  return fused_unsupported(dtype, H, device.has_index() ? device.index() : c10::cuda::current_device(), &shape);
+}
+
+const bool kFusedQueryRegistered = (cuda_queries().lstm_fused_unsupported = &fused_unsupported_query, true);
 
 // Layer l's weight slices for the fused kernels, in x's dtype: W_hh, or [W_ih | W_hh] for a layer above the group's
 // bottom, each zero-padded to (4, Hp, Hp), then split by units into (cluster, 4 gates x units, Kw): block j's rows
@@ -240,19 +249,16 @@ plan::BackwardGroup fused_backward_group(Path path, Shape shape) {
   };
 }
 
-// The plan for these inputs (the same for a forward and its backward: it depends on x, H, the TF32 flag and the
-// environment only). LSTM_ATTN_LSTM_PLAN is read on every call, so a test can switch it.
-plan::Plan choose_plan(const at::Tensor& x, int64_t H) {
-  const char* env = std::getenv("LSTM_ATTN_LSTM_PLAN");
-  const std::string wanted = env != nullptr && *env != '\0' ? env : "auto";
-  TORCH_CHECK(wanted == "auto" || wanted == "fused" || wanted == "stepwise",
-              "LSTM_ATTN_LSTM_PLAN must be auto, fused or stepwise, got '", wanted, "'");
-  if (wanted == "stepwise") return plan::stepwise_plan(kCudaSteps);
+// The named plan for these inputs; the backward is handed its forward's.
+plan::Plan make_plan(std::string_view name, const at::Tensor& x, int64_t H) {
+  TORCH_CHECK(name == "fused" || name == "stepwise", "plan must be 'fused' or 'stepwise' on CUDA, got '", name, "'");
+  // An empty batch has nothing to launch, and a grid of no blocks is a launch error: the stepwise loop skips it.
+  if (name == "stepwise" || x.size(0) == 0) return plan::stepwise_plan(kCudaSteps);
+  TORCH_CHECK(x.size(0) <= INT_MAX / 2 && x.size(1) <= INT_MAX / 2,
+              "plan 'fused' cannot run: B or T is too large for one launch");
   Shape shape{};
-  const std::string why = fused_unsupported(x, H, &shape);
-  TORCH_CHECK(why.empty() || wanted != "fused", "LSTM_ATTN_LSTM_PLAN=fused, but the fused LSTM kernels cannot run: ",
-              why);
-  if (!why.empty()) return plan::stepwise_plan(kCudaSteps);
+  const std::string why = fused_unsupported(x.scalar_type(), H, x.get_device(), &shape);
+  TORCH_CHECK(why.empty(), "plan 'fused' cannot run: the fused LSTM kernels ", why);
   const Path path = path_for(x.scalar_type());
   return {shape.layers, fused_forward_group(path, shape), fused_backward_group(path, shape)};
 }
@@ -266,24 +272,24 @@ void check_cuda_dtype(const at::Tensor& x) {
 
 plan::ForwardResult lstm_fwd_cuda(const at::Tensor& x, at::TensorList weights, const at::Tensor& h0,
                                   const at::Tensor& c0, const std::optional<at::Tensor>& dropout_mask,
-                                  bool for_backward) {
+                                  bool for_backward, std::string_view plan_name) {
   check_lstm_inputs(x, weights, h0, c0, dropout_mask);
   check_cuda_dtype(x);
   const c10::cuda::CUDAGuard guard(x.device());
-  return plan::forward(choose_plan(x, h0.size(2)), x, weights, h0, c0, dropout_mask, for_backward);
+  return plan::forward(make_plan(plan_name, x, h0.size(2)), x, weights, h0, c0, dropout_mask, for_backward);
 }
 
 plan::BackwardResult lstm_bwd_cuda(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
                                    const at::Tensor& grad_c_n, const at::Tensor& x, at::TensorList weights,
                                    const at::Tensor& h0, const at::Tensor& c0,
                                    const std::optional<at::Tensor>& dropout_mask, const at::Tensor& hidden,
-                                   const at::Tensor& cell, const at::Tensor& gates) {
+                                   const at::Tensor& cell, const at::Tensor& gates, std::string_view plan_name) {
   check_lstm_inputs(x, weights, h0, c0, dropout_mask);
   check_lstm_saved(x, h0.size(0), h0.size(2), hidden, cell, gates);
   check_lstm_grads(x, h0, grad_output, grad_h_n, grad_c_n);
   check_cuda_dtype(x);
   const c10::cuda::CUDAGuard guard(x.device());
-  return plan::backward(choose_plan(x, h0.size(2)), grad_output, grad_h_n, grad_c_n, x, weights, h0, c0,
+  return plan::backward(make_plan(plan_name, x, h0.size(2)), grad_output, grad_h_n, grad_c_n, x, weights, h0, c0,
                         dropout_mask, hidden, cell, gates);
 }
 

@@ -43,11 +43,12 @@
 #include "cuda/attention/attention_layernorm.cuh"
 #include "cuda/attention/flash/ptx.cuh"
 #include "cuda/common.cuh"
+#include "kernel_limits.h"
 
 namespace lstm_attn::gpu::flash {
 
 constexpr int kWarps = 4, kThreads = 32 * kWarps;
-constexpr int kMaxHeadDim = 128;
+constexpr int kMaxHeadDim = ::lstm_attn::kFlashMaxHeadDim;
 
 struct FwdTiles {
   static constexpr int BM = 16 * kWarps, BN = 64, kStages = 3;

@@ -6,6 +6,7 @@
 
 #include "cuda/attention/layernorm_row.cuh"
 #include "cuda/common.cuh"
+#include "kernel_limits.h"
 
 namespace lstm_attn::gpu {
 namespace {
@@ -99,7 +100,7 @@ void gemm_residual_layernorm(const float* o, const void* residual, const void* w
     if (H <= 64) return run(residual_layernorm_kernel<T, 2>);
     if (H <= 128) return run(residual_layernorm_kernel<T, 4>);
     if (H <= 256) return run(residual_layernorm_kernel<T, 8>);
-    TORCH_CHECK(H <= 512, "lstm_attn: the CUDA LayerNorm kernels take H up to 512, got ", H);
+    TORCH_CHECK(H <= kMaxHeadDim, "lstm_attn: the CUDA LayerNorm kernels take H up to ", kMaxHeadDim, ", got ", H);
     run(residual_layernorm_kernel<T, 16>);
   });
 }
