@@ -7,13 +7,14 @@ kernel runs underneath.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import Tensor
 
-from lstm_attn import limits, ops, plans, reference
+from lstm_attn import host, limits, ops, plans, reference_ops
 
 BACKENDS = ("reference", "cpu", "cuda", "triton")
 
@@ -59,9 +60,6 @@ class Backend:
     attention_layernorm: Callable
     softmax_pool: Callable
     lstm: Callable | None = None  # lstm_attn.lstm's implementation, if the backend has one
-    # Whether LSTMWithAttention runs its LSTM through `lstm` rather than its nn.LSTM submodule: only for fused LSTM
-    # kernels, which nn.LSTM does not have; a CPU's nn.LSTM is already oneDNN's fused one.
-    fused_lstm: bool = False
 
     def unsupported_reason(self, dtype: torch.dtype, head_dim: int, op: str = "attention") -> str | None:
         if op == "lstm" and self.lstm is None:
@@ -173,6 +171,37 @@ def _dropout_mask(x: Tensor, layers: int, hidden_size: int, p: float, training: 
     return torch.stack([torch.dropout(x.new_ones(T, B, hidden_size), p, True) for _ in range(layers - 1)])
 
 
+_warned_autocast_fallback: set[torch.dtype] = set()
+
+# Under torch.compile, PyTorch's CPU LSTM runs outside the graph, as it does in a compiled model that calls an
+# nn.LSTM (Dynamo leaves RNN modules to eager: torch._dynamo.config.allow_rnn is off). Traced, Inductor's lowering of
+# its oneDNN layer op fails whenever the input needs no gradient (torch 2.13: "expected Tensor() for op:
+# torch.ops.aten.mkldnn_rnn_layer.default"). cuDNN's traces: on a GPU the call stays in the graph.
+_eager_reference_lstm = torch.compiler.disable(reference_ops.lstm, recursive=True)
+
+
+def _reference_lstm(x, weights, h0, c0, dropout, training):
+    """PyTorch's LSTM, or, under CPU autocast on a CPU whose oneDNN has no LSTM in the autocast dtype, PyTorch's LSTM
+    with autocast off, in the weights' dtype. The original model raises there; ours trains, with the rest of the
+    model (the Linear layers, the attention) still under autocast. Said once per process and dtype."""
+    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        dtype = torch.get_autocast_dtype("cpu")
+        reason = host.cpu_autocast_lstm_error(dtype)
+        if reason is not None:
+            if dtype not in _warned_autocast_fallback:
+                _warned_autocast_fallback.add(dtype)
+                warnings.warn(f"this CPU cannot run nn.LSTM under {dtype} autocast (oneDNN: {reason}); "
+                              f"LSTMWithAttention runs its LSTM in {weights[0].dtype} there and keeps "
+                              f"autocast for the rest of the model", RuntimeWarning)
+            with torch.autocast("cpu", enabled=False):
+                dtype = weights[0].dtype
+                return reference_ops.lstm(x.to(dtype), weights, None if h0 is None else h0.to(dtype),
+                                          None if c0 is None else c0.to(dtype), dropout, training)
+    if x.device.type == "cpu" and torch.compiler.is_compiling():
+        return _eager_reference_lstm(x, weights, h0, c0, dropout, training)
+    return reference_ops.lstm(x, weights, h0, c0, dropout, training)
+
+
 def _extension_lstm(x, weights, h0, c0, dropout, training):
     # PyTorch's autocast has no rule for this op: it runs in the autocast dtype (where torch's own LSTM would run in
     # float16 on CUDA whatever the autocast dtype), the casts staying in the autograd graph.
@@ -192,11 +221,10 @@ def _extension_lstm(x, weights, h0, c0, dropout, training):
 _REGISTRY = {
     b.name: b
     for b in (
-        Backend("reference", _reference_status, reference.attention_layernorm, reference.softmax_pool,
-                reference.lstm),
+        Backend("reference", _reference_status, reference_ops.attention_layernorm, reference_ops.softmax_pool,
+                _reference_lstm),
         Backend("cpu", _cpu_status, _extension_attention_layernorm, _extension_softmax_pool, _extension_lstm),
-        Backend("cuda", _cuda_status, _extension_attention_layernorm, _extension_softmax_pool, _extension_lstm,
-                fused_lstm=True),
+        Backend("cuda", _cuda_status, _extension_attention_layernorm, _extension_softmax_pool, _extension_lstm),
         Backend("triton", _triton_status, _triton_attention_layernorm, _triton_softmax_pool),
     )
 }
@@ -260,10 +288,5 @@ def _resolve(backend: str, device, dtype: torch.dtype, head_dim: int, op: str) -
     return chosen
 
 
-def model_uses_lstm_op(backend: str, device, dtype: torch.dtype, hidden_size: int) -> bool:
-    """Whether LSTMWithAttention with this `backend` runs its LSTM through lstm_attn.lstm (where the backend
-    resolves to fused LSTM kernels) rather than its nn.LSTM submodule. A backend without LSTM kernels (triton)
-    leaves the LSTM to nn.LSTM rather than failing: its name picks the attention's kernels."""
-    if backend != "auto" and _REGISTRY[backend].lstm is None:
-        return False
-    return resolve(backend, device, dtype, hidden_size, op="lstm").fused_lstm
+def has_lstm(backend: str) -> bool:
+    return _REGISTRY[backend].lstm is not None

@@ -7,6 +7,16 @@ from torch import Tensor
 from lstm_attn import backends
 from lstm_attn.validation import check_attention_layernorm, check_lstm, check_softmax_pool
 
+# The backends that take lstm_attn.lstm (triton has no LSTM kernels).
+LSTM_BACKENDS = ("auto", *(name for name in backends.BACKENDS if backends.has_lstm(name)))
+
+
+def check_backend(backend: str, device=None, dtype=None, head_dim: int | None = None) -> None:
+    """Refuses, with the reason, a backend name that does not exist or, given inputs, one that cannot run them."""
+    backends.check_backend_name(backend)
+    if device is not None:
+        backends.resolve(backend, device, dtype, head_dim)
+
 
 def attention_layernorm(q: Tensor, k: Tensor, v: Tensor, residual: Tensor, weight: Tensor, bias: Tensor,
                         eps: float = 1e-5, scale: float | None = None, backend: str = "auto") -> Tensor:

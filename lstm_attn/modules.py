@@ -1,10 +1,10 @@
-"""LSTMWithAttention and AttentionLayer: the seed's classes (lstm_attn.reference), computed fast.
+"""LSTMWithAttention and AttentionLayer: the original classes (lstm_attn.reference), computed fast.
 
-Constructor arguments, submodules and state_dict keys are the seed's, so a checkpoint moves both ways
+Constructor arguments, submodules and state_dict keys are the original's, so a checkpoint moves both ways
 with load_state_dict(strict=True); the one addition is `backend`, which picks the kernels of
-lstm_attn.softmax_pool / lstm_attn.attention_layernorm (see AttentionLayer for its full-sequence output) and,
-where it resolves to fused LSTM kernels (cuda), of the LSTM: the nn.LSTM submodule's weights then run through
-lstm_attn.lstm.
+lstm_attn.softmax_pool / lstm_attn.attention_layernorm (see AttentionLayer for its full-sequence output) and of
+lstm_attn.lstm, through which the nn.LSTM submodule's own parameters run. The model calls the functional API
+only: which kernels run below it is the backends' and the plan tables' choice.
 
 The seed's forward reads only the last row of the attention output. For that row attention collapses,
 exactly, to a softmax-weighted mean of the LSTM output (AttentionLayer.last_step), so the model never
@@ -13,8 +13,6 @@ builds K, V or the (T, T) scores: O(B*T*H + B*H^2) instead of O(B*T*H^2 + B*T^2*
 
 from __future__ import annotations
 
-import warnings
-
 import pytorch_lightning as pl
 import torch
 import torch.nn as nn
@@ -22,9 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import LayerNorm
 
-from lstm_attn import host
-from lstm_attn.backends import check_backend_name, model_uses_lstm_op, resolve
-from lstm_attn.functional import attention_layernorm, softmax_pool
+from lstm_attn.functional import LSTM_BACKENDS, attention_layernorm, check_backend, softmax_pool
 from lstm_attn.functional import lstm as lstm_op
 
 
@@ -32,27 +28,6 @@ def _kernel_backend(backend: str) -> str:
     # An ONNX graph must hold standard ops only; the reference backend is plain torch, which every exporter
     # lowers to them. Eager, compiled and trained models keep the backend they were given.
     return "reference" if torch.onnx.is_in_onnx_export() else backend
-
-
-_warned_autocast_fallback: set[torch.dtype] = set()
-
-
-def _run_lstm(lstm: nn.LSTM, x: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-    """lstm(x), or, under CPU autocast on a CPU whose oneDNN has no LSTM in the autocast dtype, lstm(x) with
-    autocast off, in the LSTM's own dtype. The seed's model raises there; ours trains, with the rest of the
-    model (the Linear layers, the attention) still under autocast. Said once per process and dtype."""
-    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-        dtype = torch.get_autocast_dtype("cpu")
-        reason = host.cpu_autocast_lstm_error(dtype)
-        if reason is not None:
-            if dtype not in _warned_autocast_fallback:
-                _warned_autocast_fallback.add(dtype)
-                warnings.warn(f"this CPU cannot run nn.LSTM under {dtype} autocast (oneDNN: {reason}); "
-                              f"LSTMWithAttention runs its LSTM in {lstm.weight_ih_l0.dtype} there and keeps "
-                              f"autocast for the rest of the model", RuntimeWarning)
-            with torch.autocast("cpu", enabled=False):
-                return lstm(x.to(lstm.weight_ih_l0.dtype))
-    return lstm(x)
 
 
 class AttentionLayer(nn.Module):
@@ -69,7 +44,7 @@ class AttentionLayer(nn.Module):
 
     def __init__(self, hidden_size, backend="auto"):
         super().__init__()
-        check_backend_name(backend)
+        check_backend(backend)
         self.query = nn.Linear(hidden_size, hidden_size)
         self.key = nn.Linear(hidden_size, hidden_size)
         self.value = nn.Linear(hidden_size, hidden_size)
@@ -84,7 +59,7 @@ class AttentionLayer(nn.Module):
             weights = torch.softmax(torch.matmul(q, k.transpose(-2, -1)) * self.scale, dim=-1)
             return torch.matmul(weights, v)
         if backend != "auto":
-            resolve(backend, q.device, q.dtype, q.shape[-1])  # the op's error where this backend cannot run
+            check_backend(backend, q.device, q.dtype, q.shape[-1])  # the op's error where it cannot run
         # Seen as one head of a 4-D batch, the CPU and GPU flash kernels take it: they never store the
         # (T, T) weights, unlike the 3-D path, which falls back to the unfused math.
         out = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), scale=self.scale)
@@ -123,6 +98,9 @@ class LSTMWithAttention(pl.LightningModule):
         self.layer_norm = LayerNorm(hidden_size)
         self.fc = nn.Linear(hidden_size, output_size)
         self.loss_fn = nn.MSELoss()
+        # The LSTM runs on the model's backend where that has LSTM kernels, else on "auto" (triton has none: its
+        # name picks the attention's kernels).
+        self.lstm_backend = backend if backend in LSTM_BACKENDS else "auto"
         # What the LSTM op needs of the nn.LSTM, also held here: under torch.compile, touching an nn.LSTM object
         # at all makes Dynamo refuse it (a graph break; an error with fullgraph=True). The parameter objects are
         # nn.LSTM's own, re-read wherever PyTorch may replace them (_apply, load_state_dict).
@@ -152,13 +130,10 @@ class LSTMWithAttention(pl.LightningModule):
         return result
 
     def _lstm(self, x: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """The LSTM on x: through lstm_attn.lstm where the backend resolves to fused LSTM kernels, with the
-        submodule's own parameters (so parameters and state_dict stay nn.LSTM's); else the submodule itself."""
-        backend = _kernel_backend(self.attention.backend)
-        weights = self._lstm_weights
-        if model_uses_lstm_op(backend, x.device, weights[1].dtype, weights[1].shape[1]):
-            return lstm_op(x, list(weights), dropout=self._lstm_dropout, training=self.training, backend=backend)
-        return _run_lstm(self.lstm, x)
+        """The LSTM on x through lstm_attn.lstm, with the submodule's own parameters (so parameters and state_dict
+        stay nn.LSTM's, and the reference backend runs exactly what nn.LSTM's forward runs)."""
+        return lstm_op(x, list(self._lstm_weights), dropout=self._lstm_dropout, training=self.training,
+                       backend=_kernel_backend(self.lstm_backend))
 
     def forward(self, x: Tensor) -> Tensor:
         lstm_out, _ = self._lstm(x)

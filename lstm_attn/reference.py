@@ -1,8 +1,8 @@
-"""The seed's model (ADR 004) in plain PyTorch, and the functional references of lstm_attn's ops.
+"""The original LSTMWithAttention in plain PyTorch and Lightning: the model lstm_attn makes fast.
 
-Everything fast in this package is tested against this file. Keep it short and obviously right:
-the classes below are the seed's, unchanged in meaning, so a checkpoint of the seed loads here and
-the outputs are the seed's outputs.
+Everything fast in this package is tested against this file and lstm_attn/reference_ops.py. Keep it short and
+obviously right: the classes below are the original code, unchanged in meaning, so a checkpoint of the original
+model loads here and the outputs are its outputs.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import pytorch_lightning as pl
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.nn import LayerNorm
 
 
@@ -74,29 +73,3 @@ class LSTMWithAttention(pl.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=0.001)
-
-
-def attention_layernorm(q, k, v, residual, weight, bias, eps=1e-5, scale=None):
-    """layer_norm(softmax(q @ k^T * scale) @ v + residual): the seed's arithmetic, op for op."""
-    if scale is None:
-        scale = q.shape[-1] ** -0.5
-    scores = torch.matmul(q, k.transpose(-2, -1)) * scale
-    weights = torch.softmax(scores, dim=-1)
-    attn = torch.matmul(weights, v)
-    return F.layer_norm(attn + residual, (q.shape[-1],), weight, bias, eps)
-
-
-def softmax_pool(x, u, c):
-    """sum_j softmax_j(x_j . u + c) x_j over the time axis: x (B, T, H), u (B, H), c (B,) -> (B, H)."""
-    scores = torch.matmul(x, u.unsqueeze(-1)).squeeze(-1) + c.unsqueeze(-1)
-    weights = torch.softmax(scores, dim=-1)
-    return torch.matmul(weights.unsqueeze(1), x).squeeze(1)
-
-
-def lstm(x, weights, h0=None, c0=None, dropout=0.0, training=False):
-    """nn.LSTM(batch_first=True) with both biases as a function of its flat weights: PyTorch's own LSTM (cuDNN on a
-    GPU, oneDNN on a CPU), exactly what the module runs. Returns (output, (h_n, c_n))."""
-    zeros = x.new_zeros(len(weights) // 4, x.shape[0], weights[1].shape[1])
-    output, h_n, c_n = torch.lstm(x, (zeros if h0 is None else h0, zeros if c0 is None else c0), weights, True,
-                                  len(weights) // 4, dropout, training, False, True)
-    return output, (h_n, c_n)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from _backends import fast_backend_params
-from lstm_attn import reference
+from lstm_attn import reference_ops
 from lstm_attn.testing import LOW_PRECISION, assert_parity
 
 # The awkward sizes: T = 1, odd and non-power-of-two H and T, Tq = 1 (the model's last step) and Tq = Tk.
@@ -78,4 +78,4 @@ def check_op_parity(op, ref_op, inputs, grad_out, names=None):
 
 
 ATTENTION_LAYERNORM_NAMES = ["q", "k", "v", "residual", "weight", "bias"]
-reference_attention_layernorm = reference.attention_layernorm
+reference_attention_layernorm = reference_ops.attention_layernorm

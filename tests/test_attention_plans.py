@@ -12,7 +12,7 @@ import torch
 
 from _backends import require_backend
 from _cases import ATTENTION_LAYERNORM_NAMES, FULL_SHAPES, attention_layernorm_inputs, check_op_parity
-from lstm_attn import plans, reference
+from lstm_attn import plans, reference_ops
 
 gpu = pytest.mark.gpu
 _16BIT = (torch.bfloat16, torch.float16)
@@ -77,7 +77,7 @@ def test_plan_parity_with_reference(plan, device, shape, dtype):
     B, Tq, Tk, H = shape
     inputs = attention_layernorm_inputs(B, Tq, Tk, H, dtype, device)
     grad_out = torch.randn(B, Tq, H, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(device)
-    check_op_parity(planned(plan), reference.attention_layernorm, inputs, grad_out, ATTENTION_LAYERNORM_NAMES)
+    check_op_parity(planned(plan), reference_ops.attention_layernorm, inputs, grad_out, ATTENTION_LAYERNORM_NAMES)
 
 
 # One H per head-dim bucket of the CUDA kernels (32 .. 512), none a multiple of 16: the masked columns too.
@@ -109,7 +109,7 @@ def test_cuda_plan_parity_at_every_tile_boundary(plan, dtype, H):
         scale, eps = (0.31, 1e-3) if i % 2 else (None, 1e-5)
         try:
             check_op_parity(planned(plan, eps=eps, scale=scale),
-                            lambda *a: reference.attention_layernorm(*a, eps=eps, scale=scale), inputs, grad_out,
+                            lambda *a: reference_ops.attention_layernorm(*a, eps=eps, scale=scale), inputs, grad_out,
                             ATTENTION_LAYERNORM_NAMES)
         except AssertionError as e:
             raise AssertionError(f"plan {plan}, {dtype}, H = {H}, Tq = {Tq}, Tk = {Tk} (tiles {tiles}): {e}") from e
@@ -127,7 +127,7 @@ def test_plan_explicit_scale_and_eps(plan, device, dtype):
     inputs = attention_layernorm_inputs(2, 5, 9, 16, dtype, device)
     grad_out = torch.randn(2, 5, 16, dtype=torch.float64).to(device)
     check_op_parity(planned(plan, eps=1e-3, scale=0.37),
-                    lambda *a: reference.attention_layernorm(*a, eps=1e-3, scale=0.37), inputs, grad_out,
+                    lambda *a: reference_ops.attention_layernorm(*a, eps=1e-3, scale=0.37), inputs, grad_out,
                     ATTENTION_LAYERNORM_NAMES)
 
 
@@ -230,7 +230,7 @@ def test_gemm3xtf32_keeps_the_float32_rule_at_length(device, shape):
     B, Tq, Tk, H = shape
     inputs = attention_layernorm_inputs(B, Tq, Tk, H, torch.float32, device)
     grad_out = torch.randn(B, Tq, H, dtype=torch.float64, generator=torch.Generator().manual_seed(3)).to(device)
-    check_op_parity(planned("gemm3xtf32"), reference.attention_layernorm, inputs, grad_out, ATTENTION_LAYERNORM_NAMES)
+    check_op_parity(planned("gemm3xtf32"), reference_ops.attention_layernorm, inputs, grad_out, ATTENTION_LAYERNORM_NAMES)
 
 
 def test_gemm3xtf32_runs_split_products_and_refuses_other_dtypes():

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from lstm_attn import reference
+from lstm_attn import reference_ops
 from lstm_attn.bench import cases, report, schema
 from lstm_attn.bench.cases import op_work
 from lstm_attn.cli import main
@@ -92,11 +92,11 @@ class _Counted:
 
 
 def _off_by_one_percent(q, k, v, residual, weight, bias):
-    return reference.attention_layernorm(q, k, v, residual, weight, bias) * 1.01
+    return reference_ops.attention_layernorm(q, k, v, residual, weight, bias) * 1.01
 
 
 def _wrong_gradient(q, k, v, residual, weight, bias):
-    out = reference.attention_layernorm(q, k, v, residual, weight, bias)
+    out = reference_ops.attention_layernorm(q, k, v, residual, weight, bias)
     return out + 0.5 * (out - out.detach())  # the right values, gradients 1.5 times too large
 
 

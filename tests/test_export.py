@@ -55,9 +55,6 @@ def test_torch_onnx_export_gives_standard_ops_with_dynamic_axes(tmp_path, backen
 def test_export_keeps_the_standard_lstm_where_the_model_runs_lstm_attn_lstm(tmp_path, monkeypatch):
     """A backend with fused LSTM kernels (cuda; the CPU stands in here) runs the LSTM through lstm_attn.lstm, but
     an export traces the nn.LSTM submodule: the file holds ONNX's LSTM op."""
-    from lstm_attn import modules
-
-    monkeypatch.setattr(modules, "model_uses_lstm_op", lambda backend, device, dtype, H: backend == "cpu")
     torch.manual_seed(0)
     model = LSTMWithAttention(3, 16, 2, 0.1, backend="cpu").eval()
     path = tmp_path / "model.onnx"

@@ -236,17 +236,17 @@ def test_auto_keeps_pytorchs_lstm_until_the_fused_kernels_are_measured():
     assert backends.resolve("cpu", "cpu", torch.float64, 128, op="lstm").name == "cpu"
     with pytest.raises(ValueError, match="has no LSTM kernels"):
         backends.resolve("triton", "cpu", torch.float32, 128, op="lstm")
-    # The model keeps its nn.LSTM unless the backend has fused LSTM kernels (cuda).
-    for backend in ("auto", "reference", "cpu", "triton"):
-        assert not backends.model_uses_lstm_op(backend, "cpu", torch.float32, 16)
+    # The model's LSTM runs on its backend where that has LSTM kernels, else on "auto".
+    from lstm_attn.modules import LSTMWithAttention
+
+    for backend, lstm_backend in (("auto", "auto"), ("reference", "reference"), ("cpu", "cpu"), ("triton", "auto")):
+        assert LSTMWithAttention(2, 4, 1, 0.0, backend=backend).lstm_backend == lstm_backend
 
 
 @pytest.mark.gpu
 def test_auto_on_gpu_keeps_cudnn_and_the_cuda_backend_serves_every_size():
     assert backends.resolve("auto", "cuda", torch.bfloat16, 128, op="lstm").name == "reference"
     assert backends.resolve("cuda", "cuda", torch.float32, 1024, op="lstm").name == "cuda"
-    assert backends.model_uses_lstm_op("cuda", "cuda", torch.float32, 128)
-    assert not backends.model_uses_lstm_op("auto", "cuda", torch.float32, 128)
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
@@ -374,12 +374,11 @@ def test_fused_kernels_index_algebra_on_a_cpu_model(Hp, units, max_layers, B, T,
 
 @pytest.fixture
 def cpu_as_fused_lstm(monkeypatch):
-    """The CPU stands in for a GPU: LSTMWithAttention(backend="cpu") runs its LSTM through lstm_attn.lstm, as
-    backend="cuda" does through the fused kernels. Counts the op's calls."""
+    """LSTMWithAttention(backend="cpu") runs its LSTM through the cpu backend's kernels, as backend="cuda" does
+    through the fused kernels. Counts the op's calls."""
     from lstm_attn import modules
 
     calls = []
-    monkeypatch.setattr(modules, "model_uses_lstm_op", lambda backend, device, dtype, H: backend == "cpu")
     op = modules.lstm_op
     monkeypatch.setattr(modules, "lstm_op", lambda *a, **k: calls.append(k["backend"]) or op(*a, **k))
     return calls

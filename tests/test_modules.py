@@ -116,8 +116,9 @@ def test_outputs_and_gradients_equal_the_seed(backend, device, shape, train):
     B, T, input_size, hidden_size, num_layers = shape
     # Where our LSTM replaces cuDNN's, dropout draws other masks than cuDNN's: compare without it (tests/test_lstm.py
     # checks the masks).
-    dropout = 0.0 if train and lstm_attn.backends.model_uses_lstm_op(backend, device, torch.float32, hidden_size) \
-        else None
+    lstm_kernels = lstm_attn.backends.resolve(LSTMWithAttention(1, 1, 1, 0.0, backend=backend).lstm_backend, device,
+                                              torch.float32, hidden_size, op="lstm").name
+    dropout = 0.0 if train and lstm_kernels != "reference" else None
     seed, ours = pair(input_size, hidden_size, num_layers, backend, device, dropout=dropout)
     seed64 = copy.deepcopy(seed).double().train(train)
     ours.train(train)
@@ -269,22 +270,24 @@ def test_bf16_autocast_runs_and_stays_close(backend, device, cpu_bf16_lstm_missi
     On a CPU whose oneDNN has no bfloat16 LSTM (AVX2-only x86) the seed cannot run at all; ours runs its LSTM
     in float32 there, and is held to the seed with the same split of precisions."""
     require_backend(backend, device)
-    falls_back = cpu_bf16_lstm_missing and device == "cpu"
+    seed_falls_back = cpu_bf16_lstm_missing and device == "cpu"
     seed, ours = pair(3, 32, 2, backend, device, dropout=0.0)
+    # Only PyTorch's LSTM needs oneDNN's bfloat16 primitive; the package's own LSTM kernels run bfloat16 anywhere.
+    lstm_kernels = lstm_attn.backends.resolve(ours.lstm_backend, device, torch.float32, 32, op="lstm").name
+    falls_back = seed_falls_back and lstm_kernels == "reference"
     x = torch.randn(4, 40, 3, device=device)
     exact = forward_backward(copy.deepcopy(seed).double(), x.double())
-    if falls_back:
+    if seed_falls_back:
         lstm_out_of_autocast(seed.lstm)
     lstm_dtypes = []
-    ours.lstm.register_forward_hook(lambda module, args, out: lstm_dtypes.append(out[0].dtype))
-    # Where the backend runs the LSTM through lstm_attn.lstm, the submodule's forward (and its hook) never runs.
-    module_runs = not lstm_attn.backends.model_uses_lstm_op(backend, device, torch.float32, 32)
+    run_lstm = ours._lstm
+    ours._lstm = lambda x: (lambda out: lstm_dtypes.append(out[0].dtype) or out)(run_lstm(x))
     with warnings.catch_warnings(record=True) as caught, torch.autocast(device, dtype=torch.bfloat16):
         warnings.simplefilter("always")
         got = forward_backward(ours, x)
         seeds = forward_backward(seed, x)
         features = ours.sequence_features(x)
-    assert lstm_dtypes == [torch.float32 if falls_back else torch.bfloat16] * 2 * module_runs
+    assert lstm_dtypes == [torch.float32 if falls_back else torch.bfloat16] * 2
     said = [w for w in caught if "cannot run nn.LSTM under torch.bfloat16 autocast" in str(w.message)]
     assert len(said) == int(falls_back), [str(w.message) for w in caught]
     assert features.shape == (4, 40, 32) and torch.isfinite(features).all()

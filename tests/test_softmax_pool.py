@@ -9,7 +9,7 @@ import torch
 import lstm_attn
 from _backends import fast_backend_params, require_backend
 from _cases import DTYPES, check_op_parity, pool_inputs
-from lstm_attn import reference
+from lstm_attn import reference_ops
 
 FULL_SHAPES = list(itertools.product((1, 3), (1, 7, 97, 130, 1025), (1, 8, 59, 64, 111, 128, 256, 512)))
 INTERPRETER_SHAPES = list(itertools.product((2,), (1, 7, 97), (8, 59, 64, 130)))
@@ -33,7 +33,7 @@ def test_parity_with_reference(backend, device, shape, dtype):
     B, T, H = shape
     inputs = pool_inputs(B, T, H, dtype, device)
     grad_out = torch.randn(B, H, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(device)
-    check_op_parity(partial(lstm_attn.softmax_pool, backend=backend), reference.softmax_pool, inputs, grad_out,
+    check_op_parity(partial(lstm_attn.softmax_pool, backend=backend), reference_ops.softmax_pool, inputs, grad_out,
                     ["x", "u", "c"])
 
 

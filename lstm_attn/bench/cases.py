@@ -2,7 +2,7 @@
 
 Providers are our backends ("cpu", "cuda", "triton", through lstm_attn.attention_layernorm) and the peers a
 user would pick instead:
-  reference  the seed's eager arithmetic, lstm_attn.reference.attention_layernorm
+  reference  the seed's eager arithmetic, lstm_attn.reference_ops.attention_layernorm
   sdpa       F.scaled_dot_product_attention, then + residual and F.layer_norm; its rows name the SDPA kernel
              PyTorch chose (flash, efficient, cuDNN, math)
   compile    torch.compile of the reference, compiled afresh for each shape and dtype with static shapes and
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import lstm_attn
-from lstm_attn import backends, reference
+from lstm_attn import backends, reference_ops
 from lstm_attn.bench.env import cache_bytes
 from lstm_attn.bench.group import Candidate, Group, Outputs, Runner, Work
 
@@ -110,7 +110,7 @@ def _compiled_reference():
     # Compiled afresh for each group, static shapes: what a user compiling for their shape runs. The reset drops
     # the graphs of earlier shapes, so the recompile limit never sends a later shape back to eager.
     torch._dynamo.reset()
-    return torch.compile(reference.attention_layernorm, dynamic=False)
+    return torch.compile(reference_ops.attention_layernorm, dynamic=False)
 
 
 def _always(device, dtype, H) -> str | None:
@@ -143,7 +143,7 @@ def _ours(name: str) -> Provider:
 
 
 PROVIDERS: dict[str, Provider] = {
-    "reference": Provider("reference", "peer", lambda: reference.attention_layernorm, _always),
+    "reference": Provider("reference", "peer", lambda: reference_ops.attention_layernorm, _always),
     "sdpa": Provider("sdpa", "peer", lambda: sdpa_layernorm, _always),
     "compile": Provider("compile", "peer", _compiled_reference, _always),
     **{name: _ours(name) for name in ("cpu", "cuda", "triton")},
@@ -180,7 +180,7 @@ def _outputs(fn: Callable, pass_: str, inputs: OpInputs) -> Outputs:
 def _expected(pass_: str, inputs: OpInputs) -> tuple[Outputs, Outputs]:
     wide = OpInputs(tuple(a.detach().double().requires_grad_(pass_ != "fwd") for a in inputs.args),
                     inputs.grad_out.double())
-    return _outputs(reference.attention_layernorm, pass_, wide), _outputs(reference.attention_layernorm, pass_, inputs)
+    return _outputs(reference_ops.attention_layernorm, pass_, wide), _outputs(reference_ops.attention_layernorm, pass_, inputs)
 
 
 def op_runner(fn: Callable, pass_: str, sets: list[OpInputs], checked: OpInputs | None = None) -> Runner:

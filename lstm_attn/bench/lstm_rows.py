@@ -2,7 +2,7 @@
 
 A row is a 2-layer LSTM (batch_first, zero initial states, no dropout, input size 8) at (B, T, H), one forward and
 the gradients of the output, h_n and c_n with respect to x and every weight. Providers:
-  reference      lstm_attn.reference.lstm, PyTorch's LSTM: the peer; its rows name the kernels cuDNN ran, which
+  reference      lstm_attn.reference_ops.lstm, PyTorch's LSTM: the peer; its rows name the kernels cuDNN ran, which
                  say whether PyTorch chose the persistent algorithm or the per-step one
   cuda           lstm_attn.lstm(backend="cuda"): the fused kernels where they run, else the step-by-step plan
   cuda-stepwise  the same with the stepwise plan forced: the fallback alone
@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 import lstm_attn
-from lstm_attn import plans, reference
+from lstm_attn import plans, reference_ops
 from lstm_attn.bench.cases import DTYPES, PARITY_ROWS, input_sets, precision
 from lstm_attn.bench.group import Candidate, Group, Outputs, Runner, Work
 
@@ -55,7 +55,7 @@ class _Inputs:
 
 def _call(provider: str, inputs: _Inputs) -> list[torch.Tensor]:
     if provider == "reference":
-        output, (h_n, c_n) = reference.lstm(inputs.x, inputs.weights)
+        output, (h_n, c_n) = reference_ops.lstm(inputs.x, inputs.weights)
     else:
         with plans.forcing("cuda", "lstm", "stepwise" if provider == "cuda-stepwise" else None):
             output, (h_n, c_n) = lstm_attn.lstm(inputs.x, inputs.weights,
