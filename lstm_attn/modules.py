@@ -111,11 +111,11 @@ class LSTMWithAttention(pl.LightningModule):
 
     def use_cuda_graph(self, enabled: bool = True) -> LSTMWithAttention:
         """Train with each step's forward, loss and backward captured once in a CUDA graph and replayed
-        (lstm_attn.training.cuda_graph): one launch of host time per step. Call before Trainer.fit; needs a GPU and
+        (lstm_attn.cuda_graph): one launch of host time per step. Call before Trainer.fit; needs a GPU and
         one process, and no float16 gradient scaler (32-true or bf16-mixed). The optimizer step, fused Adam, runs
         after each replay through Lightning (manual optimization), so step counts, checkpoints and the update are
         Lightning's and Adam's as in eager training. Returns self."""
-        from lstm_attn.training.cuda_graph import GraphedForwardBackward
+        from lstm_attn.cuda_graph import GraphedForwardBackward
 
         self._graphed = GraphedForwardBackward() if enabled else None
         self.automatic_optimization = not enabled

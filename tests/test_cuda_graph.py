@@ -1,4 +1,4 @@
-"""The CUDA-graph training step (lstm_attn.training.cuda_graph, LSTMWithAttention.use_cuda_graph and `lstm-attn
+"""The CUDA-graph training step (lstm_attn.cuda_graph, LSTMWithAttention.use_cuda_graph and `lstm-attn
 train --cuda-graph`): the same training as eager steps, and its requirements refused before training."""
 
 import copy
