@@ -1,7 +1,7 @@
 """A stand-in for Triton's GPU driver and compiler, so that Triton's real launch path runs on a machine without a GPU.
 
 What stays real: the autotuner (its key, cache and config choice), JITFunction.run (argument binding,
-specialization, cache key, grid), the project's launchers, launch plans, autograd and allocations (CPU tensors).
+specialization, cache key, grid), the project's launchers, replays, autograd and allocations (CPU tensors).
 What is replaced: the driver reports device 0, stream 0 and an sm_90 target; compiling a kernel returns a
 FakeCompiledKernel instead of running the compiler; the autotuner's benchmark runs each config once through the
 real path and reports fixed times, so the table's first config wins (as LSTM_ATTN_TRITON_AUTOTUNE=0 picks on a
@@ -28,7 +28,7 @@ class Launch:
     function: int
     grid: tuple
     args: tuple
-    hooks: bool  # whether launch hooks were passed: Triton's generic path passes its hook chains, a launch plan None
+    hooks: bool  # whether launch hooks were passed: Triton's generic path passes its hook chains, a replay None
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Host cost of one forward+backward call per provider, measured on a machine without a GPU (a benchmark, not a test).
 
 The triton rows run Triton's real launch path on CPU tensors: the autotuner, JITFunction.run, the project's
-launchers and launch plans, autograd and every allocation. Only the GPU is missing: fake_triton_driver.py (beside
+launchers and replays, autograd and every allocation. Only the GPU is missing: fake_triton_driver.py (beside
 this file) stands in for the driver and compiler, and its stub replaces the compiled kernel's C launcher (so the
 C launcher's own work, reading the pointers, packing the arguments and cuLaunchKernel, is not in these numbers,
 and no kernel runs). The
@@ -55,7 +55,7 @@ def _no_hook(*args, **kwargs):
 
 
 class LaunchHook:
-    """A Triton launch hook that does nothing, as a profiler would register one: the launch plans step aside and
+    """A Triton launch hook that does nothing, as a profiler would register one: the replays step aside and
     every launch takes Triton's generic path."""
 
     def __enter__(self):
@@ -120,7 +120,7 @@ def providers(B, T, H, dtype):
     rows = [
         ("attention_layernorm", "reference", "eager PyTorch (the seed's arithmetic)",
          public(ops[0], attn, g_attn, backend="reference")),
-        ("attention_layernorm", "triton", "public call: autograd.Function, launch plans",
+        ("attention_layernorm", "triton", "public call: autograd.Function, replays",
          public(ops[0], attn, g_attn, backend="triton")),
         ("attention_layernorm", "triton", "public call with a launch hook set: Triton's generic launch path",
          with_hook(public(ops[0], attn, g_attn, backend="triton"))),
@@ -131,7 +131,7 @@ def providers(B, T, H, dtype):
         ("attention_layernorm", "floor", "a do-nothing autograd.Function on the six inputs: what no backend avoids",
          public(Floor.apply, attn, g_attn)),
         ("softmax_pool", "reference", "eager PyTorch", public(ops[1], pool, g_pool, backend="reference")),
-        ("softmax_pool", "triton", "public call: autograd.Function, launch plans",
+        ("softmax_pool", "triton", "public call: autograd.Function, replays",
          public(ops[1], pool, g_pool, backend="triton")),
     ]
     return rows
@@ -156,7 +156,7 @@ def launches_per_call(call) -> int:
 
 def measure(B, T, H, dtype, calls: int, blocks: int) -> list[dict]:
     rows = providers(B, T, H, dtype)
-    for *_, call in rows:  # warm-up: first calls compile (fake), autotune and record the launch plans
+    for *_, call in rows:  # warm-up: first calls compile (fake), autotune and record the replays
         for _ in range(20):
             call()
     launches = [launches_per_call(call) for *_, call in rows]

@@ -3,7 +3,7 @@ autograd.Function per op for eager calls.
 
 Launchers allocate and launch, with no torch arithmetic between the flash plan's kernels. Each takes traced=True
 inside the torch.library.triton_op bodies of lstm_attn.ops (launches through wrap_triton, so torch.compile and
-export trace them); eager calls (the autograd.Functions) launch through per-shape launch plans (_launch.py).
+export trace them); eager calls (the autograd.Functions) launch through per-shape replays (_launch.py).
 
 Importing this package imports triton; without triton the ImportError propagates (lstm_attn.ops reports it as
 the reason the "triton" backend is unavailable). Set TRITON_INTERPRET=1 before the import to run the kernels

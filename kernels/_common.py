@@ -77,7 +77,7 @@ def tf32_allowed() -> bool:
 
 def alignment(*tensors) -> int:
     """Which of the tensors start on a 16-byte boundary, as bits: Triton specializes each pointer argument on it,
-    so a launch plan's key must hold it."""
+    so a replay's key must hold it."""
     bits = 0
     for t in tensors:
         bits = bits << 1 | (t.data_ptr() % 16 == 0)
@@ -85,7 +85,7 @@ def alignment(*tensors) -> int:
 
 
 def launch_key(q, k, tensors) -> tuple:
-    """A launch plan's key (see _launch.py) for launches on q (B, Tq, H) and k (B, Tk, H) whose pointer arguments
+    """A replay's key (see _launch.py) for launches on q (B, Tq, H) and k (B, Tk, H) whose pointer arguments
     from outside (the rest are fresh allocations, always aligned) are `tensors`: the device, dtype, sizes, TF32
     flag (float32 only) and alignment."""
     tf32 = q.dtype == torch.float32 and tf32_allowed()

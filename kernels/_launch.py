@@ -1,4 +1,4 @@
-"""How the launchers start a kernel: traced for torch.compile, or eagerly through a per-shape launch plan.
+"""How the launchers start a kernel: traced for torch.compile, or eagerly through a per-shape replay of a recorded launch.
 
 Triton's generic launch path costs tens of microseconds of host time per launch (the autotuner's key and lookup,
 JITFunction.run's argument binding, specialization and cache key, the launch metadata), against about five for the
@@ -8,11 +8,11 @@ grid and its constexpr arguments, under a key that fixes every input of those de
 the device, dtype, sizes, TF32 flag and input alignment). Later calls with that key launch the compiled kernel
 directly on the current stream.
 
-The plan uses Triton internals: the compiled kernel's `run`, `function` and `packed_metadata`, the argument order of
+Replays use Triton internals: the compiled kernel's `run`, `function` and `packed_metadata`, the argument order of
 its launcher, and the launch hooks in `triton.knobs.runtime`. They were read from Triton 3.6 and 3.9 and are the
 same in both; other versions, a missing attribute, a JIT pre-run hook and any launch hook (a profiler such as
 Proton) send every call down the generic path. So does Triton's interpreter, which never compiles a kernel. What a
-plan skips besides: Triton's check that the globals a kernel read at compile time still hold their values (this
+replay skips besides: Triton's check that the globals a kernel read at compile time still hold their values (this
 package's kernels read only constants) and re-reading compile options such as TRITON_DEBUG (set before the first
 call, as Triton reads it at import).
 """
@@ -24,11 +24,11 @@ from torch.library import wrap_triton
 
 from ._common import INTERPRET
 
-# The Triton versions whose launch internals the plan was written against (inclusive).
-PLAN_TRITON_VERSIONS = ((3, 6), (3, 9))
-# Each launcher keeps at most this many shapes' plans; a workload with more distinct shapes than this (lengths that
+# The Triton versions whose launch internals replays were written against (inclusive).
+REPLAY_TRITON_VERSIONS = ((3, 6), (3, 9))
+# Each launcher keeps at most this many shapes' recorded launches; a workload with more distinct shapes than this (lengths that
 # change every batch) starts over rather than growing without bound.
-MAX_PLANS = 1024
+MAX_REPLAYS = 1024
 
 
 def _triton_version() -> tuple[int, int]:
@@ -37,7 +37,7 @@ def _triton_version() -> tuple[int, int]:
 
 
 def _launch_hooks():
-    """Triton's launch hook chains, or None where this Triton keeps them elsewhere (then plans are off)."""
+    """Triton's launch hook chains, or None where this Triton keeps them elsewhere (then replays are off)."""
     try:
         from triton.knobs import HookChain, runtime
     except ImportError:
@@ -46,20 +46,20 @@ def _launch_hooks():
     return hooks if all(isinstance(h, HookChain) for h in hooks) else None
 
 
-def plans_supported() -> str | None:
-    """Why launch plans are off in this process, or None when they are on."""
+def replays_supported() -> str | None:
+    """Why replays are off in this process, or None when they are on."""
     if INTERPRET:
         return "Triton's interpreter compiles no kernel"
-    low, high = PLAN_TRITON_VERSIONS
+    low, high = REPLAY_TRITON_VERSIONS
     if not low <= _triton_version() <= high:
-        return f"triton {triton.__version__} is outside the versions the plan was written for ({low} to {high})"
+        return f"triton {triton.__version__} is outside the versions replays were written for ({low} to {high})"
     if _launch_hooks() is None:
         return "this triton keeps its launch hooks elsewhere"
     return None
 
 
 _HOOKS = _launch_hooks()
-PLANS_OFF_REASON = plans_supported()
+REPLAYS_OFF_REASON = replays_supported()
 
 
 def launch_hooks_set() -> bool:
@@ -74,7 +74,7 @@ def _jit_function(kernel):
     return kernel
 
 
-class Plan:
+class Replay:
     """One shape's launch of one compiled kernel: everything but the runtime arguments and the stream fixed."""
 
     __slots__ = ("run", "grid", "head", "tail", "stream", "device")
@@ -85,7 +85,7 @@ class Plan:
         self.run = compiled.run
         self.grid = (*grid, 1, 1)[:3]
         # The launcher's arguments before the kernel's own: no launch metadata and no hooks, since none are set
-        # (launch_hooks_set is checked before every planned launch).
+        # (launch_hooks_set is checked before every replay).
         self.head = (compiled.function, compiled.packed_metadata, None, None, None)
         self.tail = constexprs
         self.stream = driver.active.get_current_stream
@@ -96,8 +96,8 @@ class Plan:
         self.run(g0, g1, g2, self.stream(self.device), *self.head, *args, *self.tail)
 
 
-def _build_plan(kernel, compiled, grid, args: tuple, meta: dict) -> Plan | None:
-    """The plan replaying the generic launch that just ran `compiled`, or None if it cannot be replayed exactly."""
+def _record(kernel, compiled, grid, args: tuple, meta: dict) -> Replay | None:
+    """The replay of the generic launch that just ran `compiled`, or None if it cannot be replayed exactly."""
     if not all(hasattr(compiled, a) for a in ("run", "function", "packed_metadata")) or compiled.function is None:
         return None
     jit = _jit_function(kernel)
@@ -111,7 +111,7 @@ def _build_plan(kernel, compiled, grid, args: tuple, meta: dict) -> Plan | None:
     full = {**dict(zip(names, args)), **chosen}
     from triton.runtime.driver import driver
 
-    return Plan(compiled, grid(full) if callable(grid) else grid, tuple(full[n] for n in names[len(args):]),
+    return Replay(compiled, grid(full) if callable(grid) else grid, tuple(full[n] for n in names[len(args):]),
                 driver.active.get_current_device())
 
 
@@ -119,12 +119,12 @@ class Launcher:
     """Launches one kernel family (an autotuner per launch class over one jitted kernel, as _common.autotuners
     builds them).
 
-    `spec` is a callable returning (launch class, grid, meta); the plan path never calls it, so the launchers put
+    `spec` is a callable returning (launch class, grid, meta); a replay never calls it, so the launchers put
     all their per-launch Python there."""
 
     def __init__(self, kernels: dict):
         self.kernels = kernels
-        self.plans: dict = {}
+        self.replays: dict = {}
 
     def traced(self, args: tuple, spec) -> None:
         """Through wrap_triton: inside a triton_op body, where torch.compile and export trace the launch."""
@@ -134,15 +134,15 @@ class Launcher:
     def __call__(self, key, args: tuple, spec) -> None:
         """Eagerly, on real tensors. `key` must determine everything `spec` returns and every specialization
         Triton makes on `args` (sizes, dtypes, pointer alignment), or None when it cannot be formed."""
-        plan = self.plans.get(key)
-        if plan and not launch_hooks_set():
-            plan(args)
+        replay = self.replays.get(key)
+        if replay and not launch_hooks_set():
+            replay(args)
             return
         launch_class, grid, meta = spec()
         kernel = self.kernels[launch_class]
         compiled = kernel[grid](*args, **meta)
-        if plan is None and key is not None and PLANS_OFF_REASON is None:
-            if len(self.plans) >= MAX_PLANS:
-                self.plans.clear()
+        if replay is None and key is not None and REPLAYS_OFF_REASON is None:
+            if len(self.replays) >= MAX_REPLAYS:
+                self.replays.clear()
             # False marks a shape whose launch cannot be replayed, so that it is not examined again.
-            self.plans[key] = _build_plan(kernel, compiled, grid, args, meta) or False
+            self.replays[key] = _record(kernel, compiled, grid, args, meta) or False

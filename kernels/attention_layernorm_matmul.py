@@ -98,7 +98,7 @@ _LAYERNORM_FWD = Launcher({None: _layernorm_fwd_kernel})
 
 
 def _launch(launcher: Launcher, key, args: tuple, grid: tuple, meta: dict) -> None:
-    """key: the launch plan key, None to launch traced."""
+    """key: the replay key, None to launch traced."""
     def spec():
         return None, grid, meta
 
@@ -132,7 +132,7 @@ def attention_layernorm_fwd(q, k, v, residual, weight, bias, eps: float, scale: 
 
 
 def attention_layernorm_bwd(grad_out, q, k, v, residual, weight, attn, stats, scale: float, key):
-    """As attention_layernorm.attention_layernorm_bwd, by GEMMs; key: its launch plan key, None to launch traced."""
+    """As attention_layernorm.attention_layernorm_bwd, by GEMMs; key: its replay key, None to launch traced."""
     B, Tq, H = q.shape
     Tk = k.shape[1]
     grad_weight = torch.empty_like(weight)

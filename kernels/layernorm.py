@@ -126,7 +126,7 @@ _LAYERNORM_BWD = Launcher({None: _layernorm_bwd_kernel})
 
 def layernorm_bwd(grad_out, attn, residual, weight, stats, key) -> tuple:
     """The first backward launch of both attention plans -> grad_residual (= dO), workspace (partials, then delta),
-    and the number of partial rows. key: the backward's launch plan key, None to launch traced."""
+    and the number of partial rows. key: the backward's replay key, None to launch traced."""
     B, Tq, H = attn.shape
     grad_residual = torch.empty_like(residual)
     block_h = head_dim_block(H)

@@ -129,7 +129,7 @@ _BWD = Launcher(autotuners(_softmax_pool_bwd_kernel, _TABLE, _INTERPRETER_CONFIG
 
 
 def _launch(launcher: Launcher, x, args: tuple, aligned: tuple, traced: bool) -> None:
-    """One program per batch row; the plan key (see _launch.py) holds what the block and autotuner key follow from,
+    """One program per batch row; the replay key (see _launch.py) holds what the block and autotuner key follow from,
     and the alignment of the arguments from outside."""
     B, T, H = x.shape
 
@@ -145,7 +145,7 @@ def _launch(launcher: Launcher, x, args: tuple, aligned: tuple, traced: bool) ->
 def softmax_pool_fwd(x, u, c, traced: bool = False):
     """-> pooled (B, H) in the input dtype, lse (B,) float32. Inputs must be contiguous and of a size and dtype the
     kernels take (check_launch); traced=True launches through wrap_triton (inside the triton_op bodies), otherwise
-    through the launch plans."""
+    through the replays."""
     B, T, H = x.shape
     pooled = torch.empty_like(u)
     lse = torch.empty(B, dtype=torch.float32, device=x.device)

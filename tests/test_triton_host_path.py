@@ -1,4 +1,4 @@
-"""The triton backend's host path: eager calls through plain autograd.Functions, per-shape launch plans, three
+"""The triton backend's host path: eager calls through plain autograd.Functions, replays of recorded launches per shape, three
 launches per forward+backward, the two attention plans and the pinned autotuning winners."""
 
 import json
@@ -110,21 +110,21 @@ def test_pinned_autotuning_winner_replaces_the_search(monkeypatch):
     assert prune(configs, {"Q": q}) == configs
 
 
-def test_interpreter_never_plans():
+def test_interpreter_never_replays():
     pytest.importorskip("triton")
     if os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("this process runs compiled Triton kernels; the probe below covers plans")
+        pytest.skip("this process runs compiled Triton kernels; the probe below covers replays")
     from lstm_attn.kernels import _launch
 
-    assert _launch.PLANS_OFF_REASON == "Triton's interpreter compiles no kernel"
+    assert _launch.REPLAYS_OFF_REASON == "Triton's interpreter compiles no kernel"
 
 
 @pytest.fixture(scope="module")
 def probe():
-    """Facts from tests/_launch_plan_probe.py, run once in a process of its own (see there)."""
+    """Facts from tests/_launch_replay_probe.py, run once in a process of its own (see there)."""
     pytest.importorskip("triton")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    script = Path(__file__).with_name("_launch_plan_probe.py")
+    script = Path(__file__).with_name("_launch_replay_probe.py")
     done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -135,29 +135,29 @@ def _without_hooks_flag(launches):
 
 
 def test_three_launches_per_attention_forward_backward(probe):
-    assert probe["plans_off_reason"] is None
-    assert [launch[0] for launch in probe["planned"]] == [
+    assert probe["replays_off_reason"] is None
+    assert [launch[0] for launch in probe["replayed"]] == [
         "_attention_layernorm_fwd_kernel", "_layernorm_bwd_kernel", "_attention_bwd_kernel"]
-    assert [launch[0] for launch in probe["pool_planned"]] == ["_softmax_pool_fwd_kernel", "_softmax_pool_bwd_kernel"]
+    assert [launch[0] for launch in probe["pool_replayed"]] == ["_softmax_pool_fwd_kernel", "_softmax_pool_bwd_kernel"]
 
 
-def test_planned_launches_replay_the_generic_path_exactly(probe):
+def test_replayed_launches_replay_the_generic_path_exactly(probe):
     # Same compiled variants, grids and arguments; only the hooks differ (the generic path passes its chains).
-    assert all(not launch[-1] for launch in probe["planned"] + probe["pool_planned"])
+    assert all(not launch[-1] for launch in probe["replayed"] + probe["pool_replayed"])
     assert all(launch[-1] for launch in probe["hooked"] + probe["pool_hooked"])
-    assert _without_hooks_flag(probe["planned"]) == _without_hooks_flag(probe["hooked"])
-    assert _without_hooks_flag(probe["pool_planned"]) == _without_hooks_flag(probe["pool_hooked"])
+    assert _without_hooks_flag(probe["replayed"]) == _without_hooks_flag(probe["hooked"])
+    assert _without_hooks_flag(probe["pool_replayed"]) == _without_hooks_flag(probe["pool_hooked"])
     # With the hook gone the plans are back.
-    assert probe["planned_after_hook"] == probe["planned"]
+    assert probe["replayed_after_hook"] == probe["replayed"]
 
 
 def test_an_unaligned_input_gets_its_own_plan(probe):
-    first, planned = probe["unaligned_first"], probe["unaligned_planned"]
+    first, replayed = probe["unaligned_first"], probe["unaligned_replayed"]
     assert all(launch[-1] for launch in first), "a new alignment must go through the generic path first"
-    assert _without_hooks_flag(planned) == _without_hooks_flag(first)
+    assert _without_hooks_flag(replayed) == _without_hooks_flag(first)
     # Triton compiled another variant of the forward for the unaligned q; the aligned plan was not reused.
-    assert first[0][1] != probe["planned"][0][1]
-    assert probe["plans_for_shapes"] == 2
+    assert first[0][1] != probe["replayed"][0][1]
+    assert probe["replays_for_shapes"] == 2
 
 
 def test_plans_are_off_outside_the_triton_versions_read(probe):
@@ -174,19 +174,19 @@ def test_plans_launch_on_a_gpu_as_the_generic_path_does(dtype):
 
     from lstm_attn.kernels import _launch, attention_layernorm
 
-    assert _launch.PLANS_OFF_REASON is None, _launch.PLANS_OFF_REASON
+    assert _launch.REPLAYS_OFF_REASON is None, _launch.REPLAYS_OFF_REASON
     noop = lambda *a, **k: None  # noqa: E731
     for B, Tq, Tk, H in [(3, 37, 53, 64), (2, 40, 70, 256)]:
         inputs = attention_layernorm_inputs(B, Tq, Tk, H, dtype, "cuda")
         grad = torch.randn(B, Tq, H, device="cuda", dtype=dtype)
         run = partial(_grads, partial(lstm_attn.attention_layernorm, backend="triton"), inputs, grad)
-        run()  # records the plans
-        planned = run()
+        run()  # records the launches
+        replayed = run()
         knobs.runtime.launch_enter_hook.add(noop)
         try:
             generic = run()
         finally:
             knobs.runtime.launch_enter_hook.remove(noop)
-        for name, a, b in zip(["out", *ATTENTION_LAYERNORM_NAMES], planned, generic):
-            assert torch.equal(a, b), f"{name} differs between the planned and the generic launch (H = {H})"
-    assert any(attention_layernorm._BWD.plans.values()), "no backward launch was planned"
+        for name, a, b in zip(["out", *ATTENTION_LAYERNORM_NAMES], replayed, generic):
+            assert torch.equal(a, b), f"{name} differs between the replayed and the generic launch (H = {H})"
+    assert any(attention_layernorm._BWD.replays.values()), "no backward launch was recorded"

@@ -1,6 +1,6 @@
 """Run by test_triton_host_path.py in a process of its own: Triton's compiled launch path on CPU tensors, with
 benchmarks/fake_triton_driver.py standing in for the GPU (the test process itself runs Triton's interpreter, which
-compiles nothing and so never plans). Prints one JSON object of facts for the test to assert on."""
+compiles nothing and so never records a launch). Prints one JSON object of facts for the test to assert on."""
 
 import json
 import os
@@ -64,23 +64,23 @@ def launches(call, hook=False):
             for launch in RECORD.kept]
 
 
-facts = {"plans_off_reason": _launch.PLANS_OFF_REASON}
+facts = {"replays_off_reason": _launch.REPLAYS_OFF_REASON}
 attention = attention_call()
 facts["first_call"] = launches(attention)  # through the autotuner: every config of the table runs once
-facts["planned"] = launches(attention)
+facts["replayed"] = launches(attention)
 facts["hooked"] = launches(attention, hook=True)
-facts["planned_after_hook"] = launches(attention)
+facts["replayed_after_hook"] = launches(attention)
 unaligned = attention_call(offset=1)
 facts["unaligned_first"] = launches(unaligned)
-facts["unaligned_planned"] = launches(unaligned)
-facts["plans_for_shapes"] = len(attention_layernorm._FWD.plans)
+facts["unaligned_replayed"] = launches(unaligned)
+facts["replays_for_shapes"] = len(attention_layernorm._FWD.replays)
 pool = pool_call()
 launches(pool)
-facts["pool_planned"] = launches(pool)
+facts["pool_replayed"] = launches(pool)
 facts["pool_hooked"] = launches(pool, hook=True)
 
 real_version = triton.__version__
 triton.__version__ = "3.5.0"
-facts["reason_for_3_5"] = _launch.plans_supported()
+facts["reason_for_3_5"] = _launch.replays_supported()
 triton.__version__ = real_version
 print(json.dumps(facts))
