@@ -7,6 +7,7 @@ import torch
 
 from lstm_attn.bench import profile
 from lstm_attn.cli import main
+from _strict_json import strict_load
 
 TINY = ["profile", "--device", "cpu", "--tokens", "24", "--T", "8,12", "--H", "8", "--iters", "3"]
 
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def test_profile_splits_each_call_and_names_our_operators(tmp_path, capsys):
     out = tmp_path / "profile.json"
     assert main([*TINY, "--backends", "reference,cpu,triton", "--out", str(out)]) == 0
-    doc = json.loads(out.read_text())
+    doc = strict_load(out)
     assert doc["schema"] == profile.SCHEMA and doc["config"]["pass"] == "fwd+bwd"
     assert {"device", "torch", "git_commit"} <= doc["env"].keys()
     rows = doc["rows"]

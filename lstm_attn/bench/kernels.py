@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import os
 import re
 import shutil
@@ -23,6 +22,8 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from lstm_attn import strict_json
 
 # Per-SM limits by architecture (CUDA C Programming Guide, "Compute Capabilities"): registers, threads, blocks,
 # register allocation unit per warp.
@@ -208,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
           f"counted (it can only lower blocks/SM)\n")
     print(markdown(kernels))
     if args.json:
-        Path(args.json).write_text(json.dumps([asdict(k) for k in kernels], indent=1) + "\n")
+        strict_json.write([asdict(k) for k in kernels], args.json)
     spilling = [k for k in kernels if k.local_accesses]
     if spilling:
         print(f"\n{len(spilling)} kernel(s) load or store local memory (register spills): "

@@ -23,9 +23,11 @@ times, their GPU rows CUDA events recorded without a synchronize.
 from __future__ import annotations
 
 import json
-import os
 from numbers import Real
 from pathlib import Path
+
+# Every result file (the sweep's, profile's, host_cost.py's, tune_triton.py's) is written by this one strict writer.
+from lstm_attn.strict_json import write as write_json
 
 SCHEMA = "lstm_attn.bench/2"
 READABLE = ("lstm_attn.bench/1", SCHEMA)
@@ -168,14 +170,3 @@ def dump(doc: dict, path) -> None:
     """Validate, then write atomically, so a run killed mid-write leaves the previous complete file."""
     validate(doc, str(path))
     write_json(doc, path)
-
-
-def write_json(doc: dict, path) -> None:
-    """Write atomically: a run killed mid-write leaves the previous complete file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
