@@ -12,13 +12,18 @@ range for the model; and predicting zero change is exactly the last-value baseli
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-import torch
-from torch.utils.data import TensorDataset
+
+# pandas and torch are imported where they are used: the command line reads this module's names to build its
+# options, and `lstm-attn train --help` must answer without loading either.
+if TYPE_CHECKING:
+    import pandas as pd
+    from torch.utils.data import TensorDataset
 
 # The built-in series: weekly Mauna Loa CO2 (ppm), 1958-2001, shipped with statsmodels; 59 weeks missing.
 BUILTIN_NAME = "co2"
@@ -29,6 +34,10 @@ BUILTIN_SEASON = 52
 # interpolation between their neighbours, or drop those rows. A gap at either end has one neighbour only, so
 # "interpolate" drops those rows instead of guessing them.
 FILL_METHODS = ("interpolate", "drop")
+
+# The delimiters a CSV's header is searched for when none is given: the one it holds most of wins (a header with
+# none is one column, or comma-separated).
+DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
 
 
 class DataError(ValueError):
@@ -50,17 +59,23 @@ def load_builtin(fill: str = "interpolate") -> Series:
     return _clean(BUILTIN_NAME, co2.load_pandas().data["co2"], fill)
 
 
-def load_csv(path: str | Path, column: str, fill: str | None = None) -> Series:
+def load_csv(path: str | Path, column: str, fill: str | None = None, sep: str | None = None) -> Series:
     """One column of a CSV file, rows in time order. Anything that is not a number is an error naming its
-    row; so is a missing value (an empty cell or line, NaN, inf), unless `fill` says what to do with it."""
+    row; so is a missing value (an empty cell or line, NaN, inf), unless `fill` says what to do with it. Blank
+    lines at the end of the file are not rows. `sep` is the delimiter; by default the header's (DELIMITERS)."""
+    import pandas as pd
+
     path = Path(path)
     if not path.is_file():
         raise DataError(f"CSV file {str(path)!r} does not exist")
     try:
-        # A blank line is a missing value, not nothing: skipping it would shift every later row in time.
-        frame = pd.read_csv(path, skip_blank_lines=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        text = path.read_text(encoding="utf-8-sig")  # the byte-order mark some spreadsheets write is no data
+        # A blank line is a missing value, not nothing: skipping it would shift every later row in time. Blank
+        # lines after the last row shift nothing: they are no rows at all.
+        frame = pd.read_csv(io.StringIO(text), sep=sep or sniff_delimiter(text), skip_blank_lines=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
         raise DataError(f"{str(path)!r} is not a readable CSV file: {exc}") from exc
+    frame = frame.iloc[:len(frame) - _trailing_blank_lines(text)]
     if column not in frame.columns:
         columns = ", ".join(map(repr, frame.columns))
         raise DataError(f"{str(path)!r} has no column {column!r}; its columns are {columns}")
@@ -72,6 +87,22 @@ def load_csv(path: str | Path, column: str, fill: str | None = None) -> Series:
         raise DataError(f"column {column!r} of {str(path)!r} has {int(bad.sum())} non-numeric value(s); the first is "
                         f"{raw.iloc[row]!r} in data row {row + 1} (line {row + 2} of the file)")
     return _clean(f"{path.name}:{column}", numbers, fill)
+
+
+def sniff_delimiter(text: str) -> str:
+    """The delimiter of DELIMITERS that the first line holds most of; a comma if it holds none."""
+    header = text.split("\n", 1)[0]
+    counts = {sep: header.count(sep) for sep in DELIMITERS}
+    best = max(counts, key=counts.get)
+    return best if counts[best] else ","
+
+
+def _trailing_blank_lines(text: str) -> int:
+    lines = text.splitlines()
+    n = 0
+    while n < len(lines) - 1 and not lines[-1 - n].strip():
+        n += 1
+    return n
 
 
 def _clean(name: str, values: pd.Series, fill: str | None) -> Series:
@@ -141,6 +172,9 @@ def split_by_time(series: Series, window: int, horizon: int = 1, val_fraction: f
                             f"first {boundary} rows); there is nothing to learn")
         raise DataError(f"series {series.name!r} repeats exactly every {horizon} steps over its training part: "
                         f"every {horizon}-step change is 0, so there is nothing to learn for horizon={horizon}")
+
+    import torch
+    from torch.utils.data import TensorDataset
 
     def samples(window_ends: np.ndarray) -> TensorDataset:
         index = window_ends[:, None] + np.arange(1 - window, 1)  # (N, window)

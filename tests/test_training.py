@@ -140,6 +140,29 @@ def test_bad_csv_is_a_clear_error(tmp_path, content, column, message):
         load_csv(path, column)
 
 
+@pytest.mark.parametrize("content, sep", [
+    ("week,v\n1,1\n2,2\n3,3\n\n", None),  # the blank last line a spreadsheet or an editor leaves
+    ("week,v\n1,1\n2,2\n3,3\n\n \n\n", None),
+    ("\ufeffweek;v\n1;1\n2;2\n3;3\n", None),  # semicolons (and a byte-order mark), found in the header
+    ("week\tv\n1\t1\n2\t2\n3\t3\n", None),
+    ("week|v\n1|1\n2|2\n3|3\n", "|"),
+    ("v\n1\n2\n3\n", None),  # one column: no delimiter to find
+])
+def test_csv_delimiters_and_trailing_blank_lines(tmp_path, content, sep):
+    path = tmp_path / "s.csv"
+    path.write_text(content, encoding="utf-8")
+    series = load_csv(path, "v", sep=sep)
+    np.testing.assert_array_equal(series.values, [1.0, 2.0, 3.0])
+    assert series.filled == series.dropped == 0
+
+
+def test_a_blank_line_before_the_last_row_is_still_a_missing_value(tmp_path):
+    path = tmp_path / "s.csv"
+    path.write_text("v\n1\n\n3\n\n")
+    with pytest.raises(DataError, match="1 missing or non-finite value.*data row 2"):
+        load_csv(path, "v")
+
+
 def test_missing_csv_file_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         load_csv(tmp_path / "nope.csv", "a")
