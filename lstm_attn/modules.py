@@ -13,6 +13,10 @@ builds K, V or the (T, T) scores: O(B*T*H + B*H^2) instead of O(B*T*H^2 + B*T^2*
 
 from __future__ import annotations
 
+import re
+import warnings
+from pathlib import Path
+
 import pytorch_lightning as pl
 import torch
 import torch.nn as nn
@@ -81,12 +85,24 @@ class AttentionLayer(nn.Module):
         return self.value(pooled)
 
 
-class LSTMWithAttention(pl.LightningModule):
-    """The seed's model: LSTM -> self-attention -> residual LayerNorm -> linear head on the last step."""
+SEED_LR = 0.001  # the seed's Adam learning rate, which its configure_optimizers fixes
+# The constructor's arguments that a checkpoint must give, in its hyperparameters or, but for dropout, its weights.
+REQUIRED_ARGUMENTS = ("input_size", "hidden_size", "num_layers", "dropout")
+_LSTM_LAYER_KEY = re.compile(r"lstm\.weight_ih_l(\d+)")
 
-    def __init__(self, input_size, hidden_size, num_layers, dropout, output_size=1, backend="auto"):
+
+class LSTMWithAttention(pl.LightningModule):
+    """The seed's model: LSTM -> self-attention -> residual LayerNorm -> linear head on the last step.
+
+    `lr` is Adam's learning rate (the seed fixes it at SEED_LR). The class is a pytorch_lightning.LightningModule, as
+    the seed's: train it with pytorch_lightning's Trainer, also in a project that uses the `lightning` package (see
+    the README).
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers, dropout, output_size=1, backend="auto", lr=SEED_LR):
         super().__init__()
         self.save_hyperparameters()
+        self.lr = lr
         self.lstm = nn.LSTM(
             input_size=input_size,
             hidden_size=hidden_size,
@@ -108,6 +124,50 @@ class LSTMWithAttention(pl.LightningModule):
         self._refresh_lstm_weights()
         self.register_load_state_dict_post_hook(lambda module, keys: module._refresh_lstm_weights())
         self._graphed = None  # set by use_cuda_graph
+
+    @staticmethod
+    def sizes_from_state_dict(state_dict) -> dict:
+        """input_size, hidden_size, num_layers and output_size, read from the shapes of the weights: what a checkpoint
+        without hyperparameters (the seed's class never saved them) still tells. Dropout is not in the weights.
+        A ValueError if `state_dict` is not this model's."""
+        layers = [int(m.group(1)) for key in state_dict if (m := _LSTM_LAYER_KEY.fullmatch(key))]
+        missing = [k for k in ("lstm.weight_ih_l0", "lstm.weight_hh_l0", "fc.weight") if k not in state_dict]
+        if missing or not layers:
+            raise ValueError(f"the weights are not LSTMWithAttention's: no {', '.join(missing) or 'LSTM layers'}")
+        return {"input_size": state_dict["lstm.weight_ih_l0"].shape[1],
+                "hidden_size": state_dict["lstm.weight_hh_l0"].shape[1],
+                "num_layers": max(layers) + 1, "output_size": state_dict["fc.weight"].shape[0]}
+
+    @classmethod
+    def arguments_for_checkpoint(cls, checkpoint: dict, given: dict | None = None) -> tuple[dict, list[str]]:
+        """The constructor arguments a checkpoint lacks in its hyperparameters and `given` does not supply, read from
+        its weights (sizes_from_state_dict), and the names of those it cannot tell: ["dropout"] (then 0.0), or []."""
+        known = {**(checkpoint.get("hyper_parameters") or {}), **(given or {})}
+        if all(k in known for k in REQUIRED_ARGUMENTS):
+            return {}, []
+        sizes = cls.sizes_from_state_dict(checkpoint.get("state_dict") or {})
+        inferred = {k: v for k, v in sizes.items() if k not in known}
+        if "dropout" in known:
+            return inferred, []
+        return {**inferred, "dropout": 0.0}, ["dropout"]
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None,
+                             weights_only=None, **kwargs):
+        """Lightning's load_from_checkpoint, which also loads checkpoints without hyperparameters, such as the seed's
+        class writes: the sizes come from the weights' shapes, and dropout, which they do not hold, is 0.0 unless
+        given (a warning says so; it matters only to further training). Arguments given here win, as in Lightning."""
+        if hparams_file is None and not all(k in kwargs for k in REQUIRED_ARGUMENTS):
+            checkpoint = _read_checkpoint(checkpoint_path, weights_only)
+            inferred, unknown = cls.arguments_for_checkpoint(checkpoint, kwargs) if checkpoint else ({}, [])
+            if unknown:
+                warnings.warn(f"the checkpoint records no {' or '.join(unknown)} (a checkpoint of the seed's class "
+                              f"saves no hyperparameters): 0.0 assumed; pass dropout=... to load_from_checkpoint to "
+                              f"set it. The sizes were read from the weights: {inferred}", UserWarning, stacklevel=2)
+            kwargs = {**inferred, **kwargs}
+        # Lightning before 2.4 has no weights_only: passed on only when given.
+        extra = {} if weights_only is None else {"weights_only": weights_only}
+        return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, **extra, **kwargs)
 
     def use_cuda_graph(self, enabled: bool = True) -> LSTMWithAttention:
         """Train with each step's forward, loss and backward captured once in a CUDA graph and replayed
@@ -174,4 +234,22 @@ class LSTMWithAttention(pl.LightningModule):
 
     def configure_optimizers(self):
         # The seed's Adam; fused (one kernel) where the step's other kernels are one graph replay.
-        return torch.optim.Adam(self.parameters(), lr=0.001, **({"fused": True} if self._graphed else {}))
+        return torch.optim.Adam(self.parameters(), lr=self.lr, **({"fused": True} if self._graphed else {}))
+
+
+def _read_checkpoint(source, weights_only: bool | None) -> dict:
+    """A checkpoint's contents, to read its hyperparameters and weight shapes before Lightning loads it: a local file
+    memory-mapped (its tensors' bytes are not read), a file object read and rewound. {} for anything else (a remote
+    path) or a file torch cannot read: Lightning's own loading then says what is wrong with it."""
+    weights_only = True if weights_only is None else weights_only
+    try:
+        if isinstance(source, (str, Path)):
+            if not Path(source).is_file():
+                return {}
+            return torch.load(source, map_location="cpu", weights_only=weights_only, mmap=True)
+        start = source.tell()
+        checkpoint = torch.load(source, map_location="cpu", weights_only=weights_only)
+        source.seek(start)
+        return checkpoint
+    except Exception:  # noqa: BLE001  (reported by the load that follows, with Lightning's message)
+        return {}

@@ -1,4 +1,7 @@
-"""ONNX export (torch.onnx.export, Lightning's to_onnx, `lstm-attn export`) and checkpoint loading errors."""
+"""ONNX export (torch.onnx.export, Lightning's to_onnx, `lstm-attn export`) and checkpoint loading: errors, and the
+checkpoints of the seed's class, which hold no hyperparameters."""
+
+import warnings
 
 import numpy as np
 import onnx
@@ -103,22 +106,18 @@ class NotATensor:
     pass
 
 
-def seed_checkpoint(path):
-    torch.manual_seed(0)
-    return lightning_checkpoint(reference.LSTMWithAttention(2, 8, 1, 0.0), path)
-
-
 @pytest.mark.parametrize("make, message", [
     (lambda p, ckpt: p, "does not exist"),
     (lambda p, ckpt: p.write_bytes(ckpt.read_bytes()[:2000]) and p, "not a torch checkpoint.*corrupt, truncated"),
     (lambda p, ckpt: p.write_text("week,co2\n1,315.0\n") and p, "not a torch checkpoint"),
     (lambda p, ckpt: torch.save(LSTMWithAttention(2, 8, 2, 0.0).state_dict(), p) or p, "has no 'state_dict'"),
     (lambda p, ckpt: torch.save({"state_dict": {}, "extra": NotATensor()}, p) or p, "weights_only loading refused"),
-    (lambda p, ckpt: seed_checkpoint(p), "lacks the hyperparameters input_size, hidden_size"),
+    (lambda p, ckpt: torch.save({"state_dict": {"linear.weight": torch.zeros(2, 2)}}, p) or p,
+     "no hyperparameters of LSTMWithAttention, and the weights are not LSTMWithAttention's"),
     (lambda p, ckpt: torch.save({**torch.load(ckpt, weights_only=True),
                                  "hyper_parameters": {"input_size": 2, "hidden_size": 9, "num_layers": 2,
                                                       "dropout": 0.0}}, p) or p, "do not fit LSTMWithAttention"),
-], ids=["missing", "truncated", "csv", "plain-state-dict", "pickled-object", "seed-checkpoint", "wrong-size"])
+], ids=["missing", "truncated", "csv", "plain-state-dict", "pickled-object", "other-model", "wrong-size"])
 def test_bad_checkpoints_are_clear_errors(tmp_path, checkpoint, capsys, make, message):
     path = make(tmp_path / "bad.ckpt", checkpoint)
     with pytest.raises(CheckpointError, match=message):
@@ -126,3 +125,23 @@ def test_bad_checkpoints_are_clear_errors(tmp_path, checkpoint, capsys, make, me
     assert cli.main(["export", str(path)]) == 2
     assert "lstm-attn export: error:" in capsys.readouterr().err
     assert not path.with_suffix(".onnx").exists()
+
+
+def test_a_seed_checkpoint_loads_with_its_sizes_read_from_the_weights(tmp_path, capsys):
+    """The seed's class saves no hyperparameters: input, hidden and output sizes and the layer count come from the
+    weights' shapes; dropout, which they do not hold, is 0.0 with a warning naming it, or whatever is given."""
+    torch.manual_seed(0)
+    path = lightning_checkpoint(reference.LSTMWithAttention(2, 8, 2, 0.0), tmp_path / "seed.ckpt")
+    seed_weights = torch.load(path, weights_only=True)["state_dict"]
+    with pytest.warns(UserWarning, match="records no dropout.*0.0 assumed"):
+        model = LSTMWithAttention.load_from_checkpoint(path, weights_only=True)
+    assert (model.hparams.input_size, model.hparams.hidden_size, model.hparams.num_layers,
+            model.hparams.output_size, model.hparams.dropout) == (2, 8, 2, 1, 0.0)
+    for name, value in seed_weights.items():
+        assert torch.equal(model.state_dict()[name], value), name
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # dropout given: nothing left to say
+        assert LSTMWithAttention.load_from_checkpoint(path, weights_only=True, dropout=0.25).hparams.dropout == 0.25
+    assert load_model(path).hparams.hidden_size == 8  # the command line's loader: the same inference
+    assert cli.main(["export", str(path), "-o", str(tmp_path / "seed.onnx")]) == 0
+    assert "onnxruntime reproduces the model" in capsys.readouterr().out

@@ -8,20 +8,19 @@ from pathlib import Path
 
 import torch
 
-from lstm_attn.modules import LSTMWithAttention
+from lstm_attn.modules import REQUIRED_ARGUMENTS, LSTMWithAttention
 
 
 class CheckpointError(ValueError):
     """The file is missing, corrupt, unsafe to unpickle, or not a checkpoint of LSTMWithAttention."""
 
 
-_REQUIRED = ("input_size", "hidden_size", "num_layers", "dropout")
-_OPTIONAL = ("output_size", "backend")
+_OPTIONAL = ("output_size", "backend", "lr")
 
 
-def load_model(path: str | Path) -> LSTMWithAttention:
-    """The model saved in a Lightning checkpoint written by `lstm-attn train` (or any Trainer fitting
-    LSTMWithAttention), on CPU, in eval mode."""
+def read_checkpoint(path: str | Path) -> dict:
+    """The contents of a Lightning checkpoint file, on CPU, tensors and plain data only; a CheckpointError saying
+    what is wrong with anything else (missing, truncated, corrupt, unsafe to unpickle, no state_dict)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
@@ -41,13 +40,20 @@ def load_model(path: str | Path) -> LSTMWithAttention:
                               f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"{str(path)!r} is not a Lightning checkpoint: it has no 'state_dict'")
-    hparams = checkpoint.get("hyper_parameters")
-    missing = [k for k in _REQUIRED if not isinstance(hparams, dict) or k not in hparams]
-    if missing:
-        raise CheckpointError(f"{str(path)!r} lacks the hyperparameters {', '.join(missing)} of LSTMWithAttention; "
-                              "a checkpoint of a model that does not save them (such as the seed's class) must be "
-                              "loaded with load_state_dict into a model built by hand")
-    kwargs = {k: hparams[k] for k in (*_REQUIRED, *_OPTIONAL) if k in hparams}
+    return checkpoint
+
+
+def load_model(path: str | Path) -> LSTMWithAttention:
+    """The model saved in a Lightning checkpoint written by `lstm-attn train` (or any Trainer fitting
+    LSTMWithAttention, or the seed's class, whose checkpoints hold no hyperparameters: the sizes are then read from
+    the weights), on CPU, in eval mode (where dropout, which the weights do not record, plays no part)."""
+    checkpoint = read_checkpoint(path)
+    try:
+        inferred, _ = LSTMWithAttention.arguments_for_checkpoint(checkpoint)
+    except ValueError as exc:
+        raise CheckpointError(f"{str(path)!r} has no hyperparameters of LSTMWithAttention, and {exc}") from exc
+    hparams = {**(checkpoint.get("hyper_parameters") or {}), **inferred}
+    kwargs = {k: hparams[k] for k in (*REQUIRED_ARGUMENTS, *_OPTIONAL) if k in hparams}
     model = LSTMWithAttention(**kwargs)
     try:
         model.load_state_dict(checkpoint["state_dict"], strict=True)
