@@ -1,18 +1,30 @@
 """lstm_attn: fused attention + residual + LayerNorm and LSTM kernels behind the seed's LSTMWithAttention API."""
 
-from lstm_attn.backends import available_backends
-from lstm_attn.functional import attention_layernorm, lstm, softmax_pool
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = ["AttentionLayer", "LSTMWithAttention", "attention_layernorm", "available_backends", "lstm", "softmax_pool",
-           "__version__"]
+# Every public name is loaded on first use: `import lstm_attn` imports neither torch nor Lightning, so the
+# `lstm-attn` command (lstm_attn.cli) parses its options and answers --help and --version at once. The first use
+# of any name below, or `import lstm_attn.ops`, registers the ops in torch.ops.lstm_attn.
+_LAZY = {
+    "available_backends": "lstm_attn.backends",
+    "attention_layernorm": "lstm_attn.functional",
+    "lstm": "lstm_attn.functional",
+    "softmax_pool": "lstm_attn.functional",
+    "AttentionLayer": "lstm_attn.modules",
+    "LSTMWithAttention": "lstm_attn.modules",
+}
+
+__all__ = [*_LAZY, "__version__"]
 
 
 def __getattr__(name):
-    # The model classes import Lightning: loaded on first use, so `import lstm_attn` and `lstm-attn report` stay light.
-    if name in ("LSTMWithAttention", "AttentionLayer"):
-        from lstm_attn import modules
-
-        return getattr(modules, name)
+    if name in _LAZY:
+        value = globals()[name] = getattr(importlib.import_module(_LAZY[name]), name)
+        return value
     raise AttributeError(f"module 'lstm_attn' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_LAZY])

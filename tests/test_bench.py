@@ -251,7 +251,8 @@ def test_bad_sweep_input_is_a_clear_error(argv, message, capsys, tmp_path):
 
 
 def test_op_shapes_keep_the_elements_per_tensor_or_the_tokens():
-    from lstm_attn.bench.sweep import ELEMENTS, op_shapes
+    from lstm_attn.bench.options import ELEMENTS
+    from lstm_attn.bench.sweep import op_shapes
 
     shapes = op_shapes(ELEMENTS, None, [256, 1024, 4096], [64, 512])
     assert all(B * T * H == ELEMENTS for B, T, H in shapes)

@@ -28,9 +28,9 @@ import lstm_attn
 from lstm_attn import backends, reference_ops
 from lstm_attn.bench.env import cache_bytes
 from lstm_attn.bench.group import Candidate, Group, Outputs, Runner, Work
+from lstm_attn.bench.options import OP_CASE, OP_DEFAULT_PROVIDERS, OP_PASSES
 
-CASE = "attention_layernorm"
-PASSES = ("fwd", "bwd", "fwd+bwd")
+CASE, PASSES = OP_CASE, OP_PASSES
 DTYPES = {"float32": torch.float32, "float32-tf32": torch.float32, "bfloat16": torch.bfloat16,
           "float16": torch.float16, "float64": torch.float64}
 TF32_FLAGS = {"float32": False, "float32-tf32": True}  # labels that set TF32; the others leave it alone
@@ -148,8 +148,7 @@ PROVIDERS: dict[str, Provider] = {
     "compile": Provider("compile", "peer", _compiled_reference, _always),
     **{name: _ours(name) for name in ("cpu", "cuda", "triton")},
 }
-DEFAULT_PROVIDERS = {"cuda": ("reference", "sdpa", "compile", "triton", "cuda"),
-                     "cpu": ("reference", "sdpa", "compile", "cpu")}
+DEFAULT_PROVIDERS = OP_DEFAULT_PROVIDERS
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,11 @@ import lstm_attn
 from lstm_attn import plans, reference_ops
 from lstm_attn.bench.cases import DTYPES, PARITY_ROWS, input_sets, precision
 from lstm_attn.bench.group import Candidate, Group, Outputs, Runner, Work
+from lstm_attn.bench.options import LSTM_CASE, LSTM_INPUT_SIZE, LSTM_LAYERS
 
-CASE = "lstm"
+CASE = LSTM_CASE
 PASS = "fwd+bwd"
-LAYERS, INPUT_SIZE = 2, 8
+LAYERS, INPUT_SIZE = LSTM_LAYERS, LSTM_INPUT_SIZE
 DEFAULT_PROVIDERS = {"cuda": ("reference", "cuda", "cuda-stepwise"), "cpu": ("reference", "cpu")}
 
 

@@ -21,14 +21,15 @@ import torch
 import lstm_attn
 from lstm_attn import reference
 from lstm_attn.bench.group import Candidate, Group, Outputs, Runner, Work
+from lstm_attn.bench.options import MODEL_CASE, MODEL_HIDDEN, MODEL_INPUT_SIZE, MODEL_LAYERS
 
-CASE = "model_step"
+CASE = MODEL_CASE
 PASSES = ("step", "lstm", "attention")
 # label -> (dtype, autocast, parity floor). The floors are tests/test_modules.py's: float32 rounding, and bf16's
 # three significant digits.
 DTYPES = {"float32": (torch.float32, False, 1e-5), "bfloat16-autocast": (torch.bfloat16, True, 2e-2)}
 REFERENCE = "seed"
-INPUT_SIZE, HIDDEN, LAYERS = 8, 128, 2
+INPUT_SIZE, HIDDEN, LAYERS = MODEL_INPUT_SIZE, MODEL_HIDDEN, MODEL_LAYERS
 OUR_BACKENDS = {"cuda": ("reference", "triton", "cuda"), "cpu": ("reference", "cpu")}
 
 

@@ -29,6 +29,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from lstm_attn.bench import cases
 from lstm_attn.bench.env import device_slug, environment
+from lstm_attn.bench.options import PROFILE_DEFAULTS
 from lstm_attn.bench.report import fmt_ms, markdown_table
 from lstm_attn.bench.schema import write_json
 from lstm_attn.bench.sweep import check_limits, device_kind, names_in, positive_ints, sequence_lengths
@@ -36,36 +37,12 @@ from lstm_attn.bench.timing import Budget, measure_eager, measure_host, sync
 
 SCHEMA = "lstm_attn.profile/1"
 PASS = "fwd+bwd"
-DEFAULTS = {
-    # The goal shapes, without torch.compile (its compile time would take the GPU check's budget, and the sweep
-    # already places it).
-    "cuda": dict(tokens=16384, T="256,1024", H="64,128,256,512", dtypes="float32,bfloat16",
-                 backends="reference,sdpa,triton,cuda"),
-    "cpu": dict(tokens=8192, T="256", H="128", dtypes="float32", backends="reference,cpu"),
-}
 TOP_KERNELS = 8
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when a GPU is visible, else cpu")
-    parser.add_argument("--backends", help=f"comma-separated, from {', '.join(cases.PROVIDERS)} (default: cuda: "
-                        f"{DEFAULTS['cuda']['backends']}; cpu: {DEFAULTS['cpu']['backends']})")
-    parser.add_argument("--tokens", type=int, help="B*T of every shape (default: cuda 16384, cpu 8192)")
-    parser.add_argument("--T", dest="T", help="comma-separated sequence lengths (default: cuda 256,1024; cpu 256)")
-    parser.add_argument("--H", dest="H", help="comma-separated hidden sizes (default: cuda 64,128,256,512; cpu 128)")
-    parser.add_argument("--dtypes", help=f"comma-separated, from {', '.join(cases.DTYPES)} (default: cuda "
-                        "float32,bfloat16; cpu float32)")
-    parser.add_argument("--iters", type=int, default=20, help="calls timed and profiled per row (default: %(default)s)")
-    parser.add_argument("--out", default=".", help="result file (*.json), or a folder for "
-                        "profile-<device>-<date>.json (default: the current folder)")
-    parser.add_argument("--time-budget", type=float, help="seconds: start no new row after this")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
-    parser.add_argument("--seed", type=int, default=0)
 
 
 def _config(args: argparse.Namespace) -> dict:
     kind = device_kind(args.device)
-    spec = {**DEFAULTS[kind], **{k: v for k in ("tokens", "T", "H", "dtypes", "backends")
+    spec = {**PROFILE_DEFAULTS[kind], **{k: v for k in ("tokens", "T", "H", "dtypes", "backends")
                                  if (v := getattr(args, k)) is not None}}
     tokens = spec["tokens"]
     Ts = sequence_lengths(tokens, spec["T"])

@@ -35,12 +35,13 @@ import torch
 import lstm_attn
 from lstm_attn import reference
 from lstm_attn.bench import model_step, parity
+from lstm_attn.bench.options import SCALING_BATCH, SCALING_CASE, SCALING_HIDDEN, SCALING_INPUT_SIZE, SCALING_LAYERS
 from lstm_attn.bench.timing import sync
 
-CASE = "model_scaling"
+CASE = SCALING_CASE
 PASS = "step"
 SEED = "seed"
-INPUT_SIZE, HIDDEN, LAYERS, BATCH = 8, 64, 2, 16
+INPUT_SIZE, HIDDEN, LAYERS, BATCH = SCALING_INPUT_SIZE, SCALING_HIDDEN, SCALING_LAYERS, SCALING_BATCH
 PARITY_BYTES = 4 * 2**30  # the seed's float64 scores and their gradient, for the rows checked
 # Timed steps per point: at least MIN_STEPS, then more while they fit in STEP_SECONDS (a cheap point's median of
 # three would move by half between runs on a busy 2-core machine), at most MAX_STEPS.

@@ -17,80 +17,15 @@ import torch
 
 from lstm_attn.bench import cases, lstm_rows, model_step, scaling, schema
 from lstm_attn.bench.ceilings import measure_ceilings
+from lstm_attn.bench.options import CASES, SWEEP_DEFAULTS, SWEEP_QUICK
 from lstm_attn.bench.env import device_slug, environment
 from lstm_attn.bench.group import run_group
 from lstm_attn.bench.report import Run, fmt_ms, merge, timing_sections
 from lstm_attn.bench.timing import Budget
 
-CASES = (cases.CASE, lstm_rows.CASE, model_step.CASE, scaling.CASE)
-ELEMENTS = 2**25  # B*T*H per tensor of the GPU sweep: about 32M, where an H200 is busy with kernels, not the host
-
-# Defaults per device type. On a GPU every (T, H) gets B = ELEMENTS / (T * H): the same bytes per call at every
-# shape, 16 to 2048 sequences. The CPU keeps B*T = 8192. --time-budget guards the GPU check's time.
-DEFAULTS = {
-    "cuda": dict(elements=ELEMENTS, tokens=None, T="256,1024,4096", H="64,128,256,512",
-                 dtypes="float32,float32-tf32,bfloat16,float16", timings="graph,eager", host_shape="1x16x64",
-                 model_shapes="256x256,256x1024", model_dtypes="float32,bfloat16-autocast",
-                 lstm_shapes=",".join(f"{B}x{T}x{H}" for B in (32, 256) for T in (256, 1024) for H in (64, 128, 256))),
-    "cpu": dict(elements=None, tokens=8192, T="64,128,256", H="64,128", dtypes="float32", timings="eager",
-                host_shape="1x16x64", model_shapes="32x256", model_dtypes="float32", lstm_shapes="32x256x128"),
-}
-QUICK = {
-    "cuda": dict(elements=2**22, tokens=None, T="256", H="128", dtypes="float32,bfloat16", timings="graph,eager",
-                 host_shape="1x16x64", model_shapes="64x256", model_dtypes="float32,bfloat16-autocast",
-                 lstm_shapes="32x256x128"),
-    # The CPU goal's shape alone: with torch.compile's first compilation it still fits in a minute on 2 cores.
-    "cpu": dict(elements=None, tokens=8192, T="256", H="128", dtypes="float32", timings="eager",
-                host_shape="1x16x64", model_shapes="16x128", model_dtypes="float32", lstm_shapes="8x64x32"),
-}
 BUDGETS = {"cuda": Budget(warmup_ms=25, rep_ms=100), "cpu": Budget(warmup_ms=20, rep_ms=250, min_reps=5),
            "quick": Budget(warmup_ms=10, rep_ms=100, min_reps=3)}
 HOST_TIMINGS = ("host",)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    lists = "comma-separated"
-    parser.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when a GPU is visible, else cpu")
-    parser.add_argument("--cases", default=cases.CASE, help=f"{lists}: {', '.join(CASES)} (default: %(default)s)")
-    defaults = {kind: ",".join(names) for kind, names in cases.DEFAULT_PROVIDERS.items()}
-    parser.add_argument("--backends", help=f"{lists}, from {', '.join(cases.PROVIDERS)} (default: cuda: "
-                        f"{defaults['cuda']}; cpu: {defaults['cpu']})")
-    parser.add_argument("--elements", type=int, help=f"B*T*H per tensor of every op shape, B = elements / (T*H) "
-                        f"(default on cuda: {ELEMENTS})")
-    parser.add_argument("--tokens", type=int, help="B*T of every op shape, instead of --elements (default on cpu: "
-                        "8192)")
-    parser.add_argument("--T", dest="T", help=f"{lists} sequence lengths (default: cuda 256,1024,4096; cpu 64,128,256)")
-    parser.add_argument("--H", dest="H", help=f"{lists} hidden sizes (default: cuda 64,128,256,512; cpu 64,128)")
-    parser.add_argument("--dtypes", help=f"{lists}, from {', '.join(cases.DTYPES)}; float32 runs with TF32 off, "
-                        "float32-tf32 with it on (default: cuda float32,float32-tf32,bfloat16,float16; cpu float32)")
-    parser.add_argument("--timings", help=f"{lists}, from graph, eager (default: cuda graph,eager; cpu eager): "
-                        "device time from CUDA-graph replay, and synchronised wall time per call")
-    parser.add_argument("--host-shape", help="BxTxH of the host-cost rows (time to issue a call on an idle "
-                        "device), or none (default: 1x16x64)")
-    parser.add_argument("--passes", default="fwd+bwd", help=f"{lists}, from {', '.join(cases.PASSES)} "
-                        "(default: %(default)s)")
-    parser.add_argument("--model-shapes", help=f"{lists} BxT of the model case, input {model_step.INPUT_SIZE}, "
-                        f"H {model_step.HIDDEN}, {model_step.LAYERS} layers (default: cuda 256x256,256x1024; "
-                        "cpu 32x256)")
-    parser.add_argument("--model-dtypes", help=f"{lists}, from {', '.join(model_step.DTYPES)}")
-    parser.add_argument("--lstm-shapes", help=f"{lists} BxTxH of the {lstm_rows.CASE} case, {lstm_rows.LAYERS} layers, "
-                        f"input {lstm_rows.INPUT_SIZE}, in --dtypes (default: cuda B 32,256 x T 256,1024 x H "
-                        "64,128,256; cpu 32x256x128)")
-    parser.add_argument("--scaling-T", default="256,16384", help=f"{scaling.CASE}: the first and the largest T, "
-                        "doubling in between (default: %(default)s)")
-    parser.add_argument("--scaling-shape", default=f"{scaling.BATCH}x{scaling.HIDDEN}", help=f"{scaling.CASE}: BxH, "
-                        f"input {scaling.INPUT_SIZE}, {scaling.LAYERS} layers (default: %(default)s)")
-    parser.add_argument("--time-cap", type=float, default=60.0, help=f"{scaling.CASE}: seconds one step may take "
-                        "before a provider stops growing T (default: %(default)s)")
-    parser.add_argument("--quick", action="store_true", help="a short sweep, under a minute on CPU: T 256, H 128, model shapes "
-                        "16x128 (cuda: 64x256)")
-    parser.add_argument("--out", default=".", help="result file (*.json), or a folder for <device>-<date>.json "
-                        "(default: the current folder)")
-    parser.add_argument("--time-budget", type=float, help="seconds: start no new group after this; the file "
-                        "lists the groups left out")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice); the result "
-                        "file records the number used")
-    parser.add_argument("--seed", type=int, default=0)
 
 
 @dataclass
@@ -218,7 +153,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
     kind = device_kind(args.device)
     given = {k: getattr(args, k) for k in ("elements", "tokens", "T", "H", "dtypes", "timings", "host_shape",
                                            "model_shapes", "model_dtypes", "lstm_shapes")}
-    spec = {**(QUICK if args.quick else DEFAULTS)[kind], **{k: v for k, v in given.items() if v is not None}}
+    spec = {**(SWEEP_QUICK if args.quick else SWEEP_DEFAULTS)[kind],
+            **{k: v for k, v in given.items() if v is not None}}
     if args.tokens is not None and args.elements is not None:
         raise ValueError("--tokens and --elements both size the op shapes: give one of them")
     if args.tokens is not None:  # B*T asked for: it replaces the default B*T*H, and the other way round
