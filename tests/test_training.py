@@ -1,6 +1,11 @@
 """The data pipeline (windows, split by time, scaling, baselines, bad input) and `lstm-attn train` end to end."""
 
-import json
+import os
+import signal
+import subprocess
+import sys
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,6 +15,7 @@ import torch
 from lstm_attn import cli, host
 from lstm_attn.data import DataError, Series, load_builtin, load_csv, split_by_time
 from lstm_attn.modules import LSTMWithAttention
+from _strict_json import strict_load
 
 # A small slice of the built-in series keeps the end-to-end runs to seconds.
 SLICE_ROWS = 360
@@ -184,7 +190,7 @@ def test_too_few_rows_says_how_many_are_needed(window, horizon, val_fraction, ne
 
 
 def test_train_command_learns_and_writes_its_files(tmp_path, co2_args, capsys):
-    assert train(tmp_path, *co2_args, "--season", "52") == 0
+    assert train(tmp_path, *co2_args, "--season", "52", "--lr", "0.002") == 0
     out = capsys.readouterr().out
     assert "naive (last value)" in out and "seasonal naive (52 steps)" in out and "samples/s" in out
     run = run_dir(tmp_path)
@@ -193,11 +199,13 @@ def test_train_command_learns_and_writes_its_files(tmp_path, co2_args, capsys):
     assert len(val_loss) == 4 and val_loss[-1] < val_loss[0], val_loss
     checkpoints = {p.name for p in (run / "checkpoints").iterdir()}
     assert "last.ckpt" in checkpoints and len(checkpoints) == 2
-    summary = json.loads((run / "summary.json").read_text())
+    summary = strict_load(run / "summary.json")
     assert summary["samples_per_s"] > 0 and summary["val_rmse"] > 0
     assert set(summary["baseline_rmse"]) == {"naive (last value)", "seasonal naive (52 steps)"}
     model = LSTMWithAttention.load_from_checkpoint(run / "checkpoints" / "last.ckpt", weights_only=True)
-    assert model.hparams.hidden_size == 16 and model.hparams.input_size == 1
+    assert model.hparams.hidden_size == 16 and model.hparams.input_size == 1 and model.lr == 0.002
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["optimizer_states"][0]["param_groups"][0]["lr"] == 0.002  # --lr reached Adam
 
 
 def test_train_command_defaults_to_the_builtin_series(tmp_path, capsys):
@@ -205,7 +213,7 @@ def test_train_command_defaults_to_the_builtin_series(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "series co2: 2284 steps (59 missing values interpolated)" in out
     assert "seasonal naive (52 steps)" in out
-    assert json.loads((run_dir(tmp_path) / "summary.json").read_text())["series"] == "co2"
+    assert strict_load(run_dir(tmp_path) / "summary.json")["series"] == "co2"
 
 
 def test_the_same_seed_gives_the_same_run(tmp_path, co2_args):
@@ -219,19 +227,23 @@ def test_compare_trains_the_seed_and_ours_alike(tmp_path, co2_args, capsys):
     assert train(tmp_path, *co2_args, "--epochs", "2", "--compare") == 0
     out = capsys.readouterr().out
     assert "seed (reference.py)" in out and "speedup:" in out
-    summary = json.loads((run_dir(tmp_path) / "summary.json").read_text())
+    summary = strict_load(run_dir(tmp_path) / "summary.json")
     # The same seed, data and weights: the two loss curves end where float32 rounding lets them.
     assert summary["seed_model"]["val_loss"] == pytest.approx(summary["val_loss"], rel=1e-3)
     assert (tmp_path / "runs" / "seed").is_dir()
 
 
 def test_bf16_mixed_precision_trains_on_cpu(tmp_path, co2_args, capsys, cpu_bf16_lstm_missing):
-    """On any CPU: where oneDNN has no bfloat16 LSTM, the LSTM trains in float32 and the command says so."""
-    assert train(tmp_path, *co2_args, "--epochs", "1", "--precision", "bf16-mixed", "--accelerator", "cpu") == 0
-    summary = json.loads((run_dir(tmp_path) / "summary.json").read_text())
+    """On any CPU: where oneDNN has no bfloat16 LSTM, the LSTM trains in float32 and the command says so, once: the
+    model's own RuntimeWarning about it does not reach the command's user as well."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert train(tmp_path, *co2_args, "--epochs", "1", "--precision", "bf16-mixed", "--accelerator", "cpu") == 0
+    summary = strict_load(run_dir(tmp_path) / "summary.json")
     assert np.isfinite(summary["val_loss"]) and summary["precision"] == "bf16-mixed"
-    said = "oneDNN has no bfloat16 LSTM here, so the LSTM trains in float32" in capsys.readouterr().out
-    assert said == cpu_bf16_lstm_missing
+    said = capsys.readouterr().out.count("oneDNN has no bfloat16 LSTM here, so the LSTM trains in float32")
+    assert said == int(cpu_bf16_lstm_missing)
+    assert not [w for w in caught if "cannot run nn.LSTM" in str(w.message)]
 
 
 def test_bf16_mixed_compare_is_refused_where_the_seed_cannot_run(tmp_path, co2_args, capsys, monkeypatch):
@@ -261,3 +273,85 @@ def test_bad_train_arguments_are_clear_errors(tmp_path, co2_csv, capsys, args, m
         assert exit.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_too_short_to_time_writes_null_not_nan(tmp_path, co2_args, capsys):
+    """Five training steps or fewer time nothing (the first five warm up): the figure is null in summary.json, which
+    a strict parser reads, and the command says it was not measured."""
+    assert train(tmp_path, *co2_args, "--epochs", "1", "--batch-size", "64") == 0
+    out = capsys.readouterr().out
+    assert "training throughput: not measured" in out and "nan" not in out
+    summary = strict_load(run_dir(tmp_path) / "summary.json")
+    assert summary["samples_per_s"] is None and summary["val_rmse"] > 0
+
+
+RESUME_ARGS = ["--window", "8", "--hidden-size", "8", "--batch-size", "16", "--dropout", "0.3", "--epochs", "3",
+               "--no-progress"]
+KILL_MID_EPOCH = Path(__file__).resolve().parent / "_kill_mid_epoch.py"
+
+
+def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path, co2_args):
+    """SIGKILL half-way through the second epoch, `--resume last`, and the run ends where one never killed ends: the
+    same weights (the replayed epoch draws its shuffle and dropout from the seed and its number), and one metrics row
+    per epoch in the run's own folder."""
+    from test_cli import LSTM_ATTN, USER_ENV
+
+    args = [*co2_args, *RESUME_ARGS]
+    whole = subprocess.Popen([LSTM_ATTN, "train", "--output", str(tmp_path / "whole"), *args], env=USER_ENV,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    killed = subprocess.run([sys.executable, str(KILL_MID_EPOCH), "1", "train", "--output", str(tmp_path / "killed"),
+                             *args], env=USER_ENV, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    run = tmp_path / "killed" / "lstm_attn" / "version_0"
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
+
+    resumed = subprocess.run([LSTM_ATTN, "train", "--output", str(tmp_path / "killed"), *args, "--resume", "last"],
+                             env=USER_ENV, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    output = resumed.stdout + resumed.stderr
+    assert f"resuming {run} after epoch 1 of 3" in output
+    # The command says what concerns its user once, and nothing of Lightning's own set-up.
+    for chatter in ("Traceback", "GPU available", "Tip:", "does not have many workers", "Restoring states", "Warning"):
+        assert chatter not in output, (chatter, output)
+    out, _ = whole.communicate(timeout=300)
+    assert whole.returncode == 0, out[-2000:]
+
+    def weights(root):
+        return torch.load(root / "lstm_attn" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+
+    a, b = weights(tmp_path / "whole"), weights(tmp_path / "killed")
+    assert a["epoch"] == b["epoch"] == 2 and a["global_step"] == b["global_step"]
+    for name, value in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][name], value, msg=name)
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert metrics["val_loss"].dropna().size == 3 and sorted(set(metrics["epoch"])) == [0, 1, 2]
+    assert sorted(p.name for p in (tmp_path / "killed" / "lstm_attn").iterdir()) == ["version_0"]
+
+
+def test_resume_holds_the_run_to_its_options(tmp_path, co2_args, capsys):
+    assert train(tmp_path, *co2_args, "--epochs", "1") == 0
+    for extra, message in ((["--epochs", "2", "--hidden-size", "8"], "was started with --hidden-size 16"),
+                           (["--epochs", "1"], "has trained its 1 epochs")):
+        assert train(tmp_path, *co2_args, *extra, "--resume", "last") == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+
+
+def test_the_model_trains_under_pytorch_lightning_in_a_lightning_project():
+    """LSTMWithAttention is a pytorch_lightning.LightningModule, as the seed's: `lightning.pytorch.Trainer` refuses it
+    (Lightning does not mix its two namespaces), and pytorch_lightning's Trainer trains it beside `lightning`, which
+    is what the README tells a project on the unified package to do."""
+    lightning = pytest.importorskip("lightning.pytorch", reason="the unified `lightning` package is not installed "
+                                    "(pip install lightning, or the [test] extra): nothing to check against")
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import pytorch_lightning
+
+    data = DataLoader(TensorDataset(torch.randn(8, 5, 2), torch.randn(8, 1)), batch_size=4)
+    quiet = dict(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                 enable_model_summary=False, accelerator="cpu")
+    with pytest.raises(TypeError, match="must be a `LightningModule`"):
+        lightning.Trainer(**quiet).fit(LSTMWithAttention(2, 8, 1, 0.0), data)
+    trainer = pytorch_lightning.Trainer(**quiet)
+    trainer.fit(LSTMWithAttention(2, 8, 1, 0.0), data)
+    assert trainer.global_step == 2
