@@ -1,6 +1,8 @@
 """ONNX export (torch.onnx.export, Lightning's to_onnx, `lstm-attn export`) and checkpoint loading: errors, and the
 checkpoints of the seed's class, which hold no hyperparameters."""
 
+import shutil
+import subprocess
 import warnings
 
 import numpy as np
@@ -11,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from lstm_attn import cli, reference
+from lstm_attn import cli, export, reference
 from lstm_attn.modules import LSTMWithAttention
 from lstm_attn.training.checkpoint import CheckpointError, load_model
 from _backends import model_backend_params, require_backend
@@ -145,3 +147,55 @@ def test_a_seed_checkpoint_loads_with_its_sizes_read_from_the_weights(tmp_path, 
     assert load_model(path).hparams.hidden_size == 8  # the command line's loader: the same inference
     assert cli.main(["export", str(path), "-o", str(tmp_path / "seed.onnx")]) == 0
     assert "onnxruntime reproduces the model" in capsys.readouterr().out
+
+
+def run_onnx(path, model, batches, lengths):
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in batches:
+        for time in lengths:
+            x = torch.randn(batch, time, model.hparams.input_size)
+            (got,) = session.run(None, {"x": x.numpy()})
+            with torch.no_grad():
+                np.testing.assert_allclose(got, model(x).numpy(), rtol=1e-4, atol=1e-5,
+                                           err_msg=f"batch={batch} time={time}")
+
+
+@pytest.mark.parametrize("window", [export.DEFAULT_WINDOW])
+def test_export_runs_every_length_whatever_the_hidden_size(tmp_path, window):
+    """A hidden size equal to the traced length made torch.export's file fail beyond that length (onnxruntime:
+    "Shape mismatch attempting to re-use buffer"); the three exports share one process, where a second export used
+    to trace a fixed time axis."""
+    for hidden in (window - 1, window, window + 1):
+        torch.manual_seed(hidden)
+        model = LSTMWithAttention(2, hidden, 2, 0.0).eval()
+        path = export.export(model, tmp_path / f"h{hidden}.onnx", window)
+        run_onnx(path, model, batches=(1, 4), lengths=(1, 2, window, 3 * window))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"h{h}.onnx" for h in (window - 1, window, window + 1)]
+
+
+def test_the_exported_file_alone_loads_elsewhere(tmp_path):
+    """`lstm-attn export` writes one self-contained file (no model.onnx.data beside it), which loads when copied
+    alone; the hidden size is the traced length, the case that used to fail."""
+    from test_cli import LSTM_ATTN, USER_ENV
+
+    torch.manual_seed(0)
+    model = LSTMWithAttention(1, export.DEFAULT_WINDOW, 2, 0.0)
+    ckpt = lightning_checkpoint(model, tmp_path / "run" / "model.ckpt")
+    done = subprocess.run([LSTM_ATTN, "export", str(ckpt)], env=USER_ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "one self-contained file" in done.stdout and "onnxruntime reproduces the model" in done.stdout
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == ["model.ckpt", "model.onnx"]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(ckpt.with_suffix(".onnx"), elsewhere)
+    run_onnx(elsewhere / "model.onnx", load_model(ckpt), batches=(2,), lengths=(1, 3 * export.DEFAULT_WINDOW))
+
+
+def test_a_failed_export_leaves_no_file(tmp_path, checkpoint, capsys, monkeypatch):
+    monkeypatch.setattr(export, "max_abs_difference", lambda model, path, lengths: (0.5, (3, 48)))
+    out = tmp_path / "out"
+    out.mkdir()
+    assert cli.main(["export", str(checkpoint), "-o", str(out / "model.onnx")]) == 1
+    err = capsys.readouterr().err
+    assert "differs from the model's by 0.5 at batch 3, 48 steps" in err and err.count("\n") == 1, err
+    assert list(out.iterdir()) == []
