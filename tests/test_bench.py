@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from lstm_attn import reference_ops
-from lstm_attn.bench import cases, report, schema
+from lstm_attn.bench import cases, load, report, schema
 from lstm_attn.bench.cases import op_work
 from lstm_attn.cli import main
+from _strict_json import strict_load
 
 TINY = ["bench", "--device", "cpu", "--quick", "--tokens", "64", "--T", "16,32", "--H", "8"]
 
@@ -33,6 +34,7 @@ def test_flop_and_byte_model_on_hand_computed_cases():
 def _sweep(tmp_path, *extra):
     out = tmp_path / "result.json"
     assert main([*TINY, "--out", str(out), *extra]) == 0
+    strict_load(out)  # no NaN or Infinity: JSON that every parser reads
     return schema.load(out)
 
 
@@ -57,6 +59,7 @@ def test_sweep_writes_one_schema_with_speedups_and_rates(tmp_path):
         assert row["tflops"] == pytest.approx(row["flops"] / (row["ms_p50"] * 1e-3) / 1e12)
         assert row["gbps_fraction"] == pytest.approx(row["gbps"] / doc["ceilings"]["copy_gbps"])
         assert row["best_peer"] in ("reference", "sdpa") and row["speedup_vs_best_peer"] > 0
+        assert row["load_before"] >= 0 and row["load_after"] >= 0 and load.busy(row, doc["env"]) is not None
         if row["backend"] == "reference":
             assert row["speedup_vs_reference"] == 1.0 and row["parity_err"] is None
         else:
@@ -295,3 +298,40 @@ def test_lstm_case_checks_ours_against_pytorchs_lstm_then_times_it(tmp_path):
         assert row["flops"] == 3 * 8 * 3 * 9 * 5 * ((8 + 5) + (5 + 5))
         if backend == "cpu":
             assert row["parity_err"] is not None and row["parity_err"] < (1e-5 if dtype == "float32" else 1e-1)
+
+
+def test_rows_timed_on_a_busy_machine_are_flagged_and_old_files_are_not(tmp_path, capsys):
+    """A row records the 1-minute load as its group started and as it ended; where the load less the benchmark's
+    own threads was above half the cores, the report marks its time. Files from before the load was recorded are
+    unknown: no mark, no failure."""
+    env = {"device_type": "cpu", "cores": 2, "torch_threads": 2}
+    assert load.busy({"load_before": 2.5, "load_after": 3.5}, env) is True  # 1.5 of others' on 2 cores
+    assert load.busy({"load_before": 2.5, "load_after": 2.9}, env) is False
+    assert load.busy({"load_before": 0.1, "load_after": 0.2}, {**env, "device_type": "cuda"}) is False
+    assert load.busy({}, env) is None and load.busy({"load_before": 9, "load_after": 9}, {}) is None
+
+    doc = _result("AMD EPYC", "cpu", "2025-01-01T00:00:00+00:00", {"reference": 144.0, "sdpa": 2.0, "cpu": 0.28})
+    doc["env"].update(cores=2, torch_threads=2)
+    busy_row, quiet_row = doc["rows"][0], doc["rows"][2]
+    busy_row.update(load_before=4.0, load_after=5.1)
+    quiet_row.update(load_before=0.3, load_after=0.4)
+    path = tmp_path / "loaded.json"
+    schema.dump(doc, path)
+    strict_load(path)
+    assert main(["report", str(path), "--out", str(tmp_path / "report"), "--quiet"]) == 0
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| float32 | 64 | 256 | 128 | 144§ | 2 | 0.28 |" in md
+    assert f"§ {report.MARK_NOTES['§']}" in md
+
+    old = _result("AMD EPYC", "cpu", "2025-01-01T00:00:00+00:00", {"reference": 144.0, "sdpa": 2.0, "cpu": 0.28})
+    old_path = tmp_path / "old.json"
+    schema.dump(old, old_path)
+    assert main(["report", str(old_path), "--out", str(tmp_path / "old"), "--quiet"]) == 0
+    assert "§" not in (tmp_path / "old" / "report.md").read_text()
+
+
+def test_result_files_are_strict_json(tmp_path):
+    """NaN or Infinity in a result (a figure that could not be measured) is written as null."""
+    path = tmp_path / "r.json"
+    schema.write_json({"ratio": float("nan"), "rows": [{"ms": float("inf")}, {"ms": 1.5}]}, path)
+    assert strict_load(path) == {"ratio": None, "rows": [{"ms": None}, {"ms": 1.5}]}

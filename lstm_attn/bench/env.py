@@ -98,6 +98,7 @@ def environment(device: torch.device) -> dict:
         "git_commit": git_commit(),
         "backends": {name: repr(status) for name, status in lstm_attn.available_backends(device).items()},
         "cache_bytes": cache_bytes(device),
+        "cores": os.cpu_count(),  # what lstm_attn.bench.load weighs each row's load average against
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
@@ -117,7 +118,7 @@ def environment(device: torch.device) -> dict:
         # Other processes share a CPU's cores: the load at the start says how quiet the machine was.
         # host.describe(): the instruction set torch dispatches to and what oneDNN can build here, which decide
         # which code paths a CPU row measured.
-        env.update({"cores": os.cpu_count(), **host.describe(),
+        env.update({**host.describe(),
                     "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
                     "load_average_1min": round(os.getloadavg()[0], 2)})
     return env

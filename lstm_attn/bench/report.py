@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from lstm_attn.bench import schema
+from lstm_attn.bench import load, schema
 
 PROFILE_SCHEMA = "lstm_attn.profile/1"
 SECTIONS = {  # timing -> (heading, the method the timing asks for)
@@ -32,9 +32,12 @@ SECTIONS = {  # timing -> (heading, the method the timing asks for)
     "host": ("Host cost (time to issue one call on an idle device)", "host-issue"),
 }
 MARKS = {"synchronised": "†", "unsynchronised-events": "‡"}
+BUSY_MARK = "§"
 MARK_NOTES = {
     "†": "not capturable in a CUDA graph (the row's detail says why): synchronised eager time instead",
     "‡": "schema 1: CUDA events recorded without a synchronize, so the host's issue time when it was the slower",
+    BUSY_MARK: "timed while other processes kept the machine busy (lstm_attn.bench.load: the 1-minute load less the "
+               "benchmark's own threads above half the cores): likely slower than on a quiet machine",
 }
 PLOTTED = {"attention_layernorm": "fwd+bwd"}  # the case and pass the plots show
 SCALING = "model_scaling"  # rows with their own section and plot: time and peak memory against T
@@ -195,15 +198,19 @@ def env_line(env: dict, ceilings: dict | None = None) -> str:
     return line
 
 
-def _ms_cell(row: dict | None, method: str) -> str:
+def _busy(row: dict, env: dict) -> str:
+    return BUSY_MARK if load.busy(row, env) else ""
+
+
+def _ms_cell(row: dict | None, method: str, env: dict) -> str:
     if row is None:
         return ""
     if row["status"] != "ok":
         return row["status"].split(":")[0]
-    return fmt_ms(row["ms_p50"]) + (MARKS.get(row["method"], "") if row["method"] != method else "")
+    return fmt_ms(row["ms_p50"]) + (MARKS.get(row["method"], "") if row["method"] != method else "") + _busy(row, env)
 
 
-def _case_table(sel: list[dict], method: str) -> tuple[str, set[str]]:
+def _case_table(sel: list[dict], method: str, env: dict) -> tuple[str, set[str]]:
     """One (case, pass) of one run and timing: ms of every provider per shape, and our speedups."""
     backends = _unique(r["backend"] for r in sel)
     ours = _unique(r["backend"] for r in sel if r["kind"] == "ours")
@@ -217,7 +224,7 @@ def _case_table(sel: list[dict], method: str) -> tuple[str, set[str]]:
     for shape in _unique(_shape_key(r) for r in sel):
         line = [str(v) for v in shape]
         for b in backends:
-            cell = _ms_cell(cells.get((shape, b)), method)
+            cell = _ms_cell(cells.get((shape, b)), method, env)
             marks |= {m for m in MARK_NOTES if m in cell}
             line.append(cell)
         for b in ours:
@@ -273,7 +280,7 @@ def timing_tables(merged: list[tuple[Run, dict]], timing: str, heading: str = "#
         parts.append(f"{heading} {run.title}\n\n{env_line(run.env, run.doc.get('ceilings'))}")
         for case, pass_ in _unique((r["case"], r["pass"]) for r in rows):
             sel = [r for r in rows if r["case"] == case and r["pass"] == pass_]
-            table, marks = _case_table(sel, method)
+            table, marks = _case_table(sel, method, run.env)
             notes = [f"{m} {MARK_NOTES[m]}" for m in sorted(marks)]
             if _kernel_notes(sel):
                 notes.append(_kernel_notes(sel))
@@ -337,8 +344,8 @@ def scaling_tables(merged: list[tuple[Run, dict]], heading: str = "###") -> str:
             for n in names:
                 r = cells.get((T, n))
                 ok = r is not None and r["status"] == "ok"
-                line += [fmt_ms(r["ms_p50"]), _fmt_peak(r) if r["peak_mb"] is not None else ""] if ok else \
-                    [_why_not(r), ""]
+                line += [fmt_ms(r["ms_p50"]) + _busy(r, run.env), _fmt_peak(r) if r["peak_mb"] is not None else ""] \
+                    if ok else [_why_not(r), ""]
             seed = cells.get((T, SEED))
             for n in ours:
                 r = cells.get((T, n))
@@ -364,7 +371,8 @@ def scaling_tables(merged: list[tuple[Run, dict]], heading: str = "###") -> str:
         parts.append(f"{heading} {run.title}\n\n{env_line(run.env)}\n\nOne training step (forward, loss, backward, "
                      f"Adam), float32, B={shape['B']}, input {shape['input_size']}, H={shape['H']}, "
                      f"{shape['layers']} layers; median of the timed steps and their peak memory{where}.{step_note}"
-                     f"\n\n{markdown_table(header, body)}\n\nFitted over the points that ran: {'; '.join(fits)}.")
+                     f"\n\n{markdown_table(header, body)}\n\nFitted over the points that ran: {'; '.join(fits)}."
+                     + (f"\n\n{BUSY_MARK} {MARK_NOTES[BUSY_MARK]}" if any(_busy(r, run.env) for r in rows) else ""))
     return "\n\n".join(parts)
 
 
@@ -414,7 +422,7 @@ def goals_table(merged: list[tuple[Run, dict]]) -> str:
             speedup = r["speedup_vs_reference"] if goal.versus == "reference" else r["speedup_vs_best_peer"]
             peer = "reference" if goal.versus == "reference" else r["best_peer"]
             met = speedup is not None and speedup >= goal.target
-            mark = MARKS.get(r["method"], "") if r["method"] != SECTIONS[r["timing"]][1] else ""
+            mark = (MARKS.get(r["method"], "") if r["method"] != SECTIONS[r["timing"]][1] else "") + _busy(r, run.env)
             body.append([goal.name, r["device"], r["backend"], *map(str, _shape_key(r)),
                          f"{_x(speedup)}{mark} vs {peer or 'no peer measured'} (goal {goal.target}x)",
                          "yes" if met else "**no**"])

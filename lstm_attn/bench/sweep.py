@@ -15,12 +15,12 @@ from pathlib import Path
 
 import torch
 
-from lstm_attn.bench import cases, lstm_rows, model_step, scaling, schema
+from lstm_attn.bench import cases, load, lstm_rows, model_step, scaling, schema
 from lstm_attn.bench.ceilings import measure_ceilings
 from lstm_attn.bench.options import CASES, SWEEP_DEFAULTS, SWEEP_QUICK
 from lstm_attn.bench.env import device_slug, environment
 from lstm_attn.bench.group import run_group
-from lstm_attn.bench.report import Run, fmt_ms, merge, timing_sections
+from lstm_attn.bench.report import BUSY_MARK, Run, fmt_ms, merge, timing_sections
 from lstm_attn.bench.timing import Budget
 
 BUDGETS = {"cuda": Budget(warmup_ms=25, rep_ms=100), "cpu": Budget(warmup_ms=20, rep_ms=250, min_reps=5),
@@ -284,14 +284,20 @@ def run(args: argparse.Namespace) -> int:
 
     counter = itertools.count(1)
 
+    group_load = load.load_average()
+
     def progress(row):
+        # The load as the row's group started and as the row ended: lstm_attn.bench.load judges the row by both.
+        row["load_before"], row["load_after"] = group_load, load.load_average()
         elapsed = time.perf_counter() - started
-        print(f"[{next(counter):>{len(str(total))}}/{total} {elapsed:4.0f}s] {progress_line(row)}", flush=True)
+        flag = f" [{load.describe(row, env)}]" if load.busy(row, env) else ""
+        print(f"[{next(counter):>{len(str(total))}}/{total} {elapsed:4.0f}s] {progress_line(row)}{flag}", flush=True)
 
     for description, _, build in specs:
         if cfg.time_budget is not None and time.perf_counter() - started > cfg.time_budget:
             doc["config"]["not_run"].append(description)
             continue
+        group_load = load.load_average()
         try:
             rows = run_group(build(), cfg.device, cfg.budget, ceilings, stamp, progress)
         except Exception as exc:  # noqa: BLE001  (the inputs of one group did not fit, say; the rest can run)
@@ -307,6 +313,7 @@ def run(args: argparse.Namespace) -> int:
             doc["config"]["not_run"].append(f"{scaling.CASE}: every point")
         else:
             B, H = cfg.scaling_shape
+            group_load = load.load_average()
             doc["rows"].extend(scaling.scaling_rows(cfg.device, cfg.scaling_Ts, H=H, B=B, time_cap=cfg.time_cap,
                                                     progress=progress, stamp=stamp))
             doc["models"][scaling.CASE] = scaling.__doc__.strip()
@@ -315,5 +322,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"not run (time budget of {cfg.time_budget} s spent, or set-up failed): "
               + "; ".join(doc["config"]["not_run"]), flush=True)
     print(f"wrote {path} ({len(doc['rows'])} rows, {time.perf_counter() - started:.0f} s)\n", flush=True)
+    busy = sum(bool(load.busy(row, env)) for row in doc["rows"])
+    if busy:
+        print(f"warning: {busy} of {len(doc['rows'])} rows were timed while other processes kept this machine busy "
+              f"(marked {BUSY_MARK} in the tables; lstm_attn.bench.load): rerun them on a quiet machine\n",
+              flush=True)
     print(timing_sections(merge([Run(str(path), doc)])), flush=True)
     return 0
