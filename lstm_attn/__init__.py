@@ -23,6 +23,14 @@ def __getattr__(name):
     if name in _LAZY:
         value = globals()[name] = getattr(importlib.import_module(_LAZY[name]), name)
         return value
+    # The submodules the package once imported eagerly (lstm_attn.backends, lstm_attn.ops, ...) are there on first
+    # use too, for code that reaches them as attributes after `import lstm_attn`.
+    if not name.startswith("__"):
+        try:
+            return importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
     raise AttributeError(f"module 'lstm_attn' has no attribute {name!r}")
 
 
