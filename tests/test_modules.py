@@ -69,7 +69,10 @@ def test_constructor_matches_the_seed():
     ours_params = inspect.signature(LSTMWithAttention.__init__).parameters
     assert list(ours_params)[: len(seed_params)] == list(seed_params)
     assert all(ours_params[n].default == p.default for n, p in seed_params.items())
-    assert list(ours_params)[len(seed_params):] == ["backend"] and ours_params["backend"].default == "auto"
+    # The additions, each with a default, so that the seed's calls build ours: the kernels, and Adam's learning rate
+    # (the seed fixes it at 0.001).
+    assert list(ours_params)[len(seed_params):] == ["backend", "lr"] and ours_params["backend"].default == "auto"
+    assert ours_params["lr"].default == 0.001
     assert list(inspect.signature(AttentionLayer.__init__).parameters) == ["self", "hidden_size", "backend"]
 
 
@@ -312,7 +315,7 @@ def test_lightning_hooks_and_optimizer_are_the_seeds():
     assert isinstance(optimizer, torch.optim.Adam) and optimizer.defaults["lr"] == 1e-3
     assert isinstance(ours.loss_fn, torch.nn.MSELoss)
     assert dict(ours.hparams) == {"input_size": 2, "hidden_size": 8, "num_layers": 1, "dropout": 0.0,
-                                  "output_size": 1, "backend": "auto"}
+                                  "output_size": 1, "backend": "auto", "lr": 0.001}
 
 
 def test_torch_compile_has_no_graph_break_and_matches_eager():
