@@ -1,10 +1,10 @@
 """LSTMWithAttention and AttentionLayer: the original classes (lstm_attn.reference), computed fast.
 
 Constructor arguments, submodules and state_dict keys are the original's, so a checkpoint moves both ways
-with load_state_dict(strict=True); the one addition is `backend`, which picks the kernels of
-lstm_attn.softmax_pool / lstm_attn.attention_layernorm (see AttentionLayer for its full-sequence output) and of
-lstm_attn.lstm, through which the nn.LSTM submodule's own parameters run. The model calls the functional API
-only: which kernels run below it is the backends' and the plan tables' choice.
+with load_state_dict(strict=True); the additions are `lr` (Adam's learning rate, by default the original's 0.001)
+and `backend`, which picks the kernels of lstm_attn.softmax_pool / lstm_attn.attention_layernorm (see AttentionLayer
+for its full-sequence output) and of lstm_attn.lstm, through which the nn.LSTM submodule's own parameters run. The
+model calls the functional API only: which kernels run below it is the backends' and the plan tables' choice.
 
 The seed's forward reads only the last row of the attention output. For that row attention collapses,
 exactly, to a softmax-weighted mean of the LSTM output (AttentionLayer.last_step), so the model never

@@ -109,7 +109,7 @@ def _cpu_autocast_note(args: argparse.Namespace) -> str | None:
 
 
 def _check_cuda_graph(args: argparse.Namespace) -> None:
-    """--cuda-graph's requirements (lstm_attn.training.cuda_graph), refused before any training starts."""
+    """--cuda-graph's requirements (lstm_attn.cuda_graph), refused before any training starts."""
     if not args.cuda_graph:
         return
     if not _on_gpu(args) or not torch.cuda.is_available():
