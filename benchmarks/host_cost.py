@@ -37,7 +37,7 @@ import torch  # noqa: E402
 import lstm_attn  # noqa: E402
 from lstm_attn import plans  # noqa: E402
 from lstm_attn.bench.env import environment  # noqa: E402
-from lstm_attn.bench.report import markdown_table  # noqa: E402
+from lstm_attn.bench.tables import markdown_table  # noqa: E402
 from lstm_attn.bench.schema import write_json  # noqa: E402
 
 # lstm_attn lets backend="triton" take CPU tensors only under the interpreter. The kernels are already defined,

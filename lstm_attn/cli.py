@@ -34,9 +34,6 @@ COMMANDS = {
                        "kernels"),
     "report": Command("lstm_attn.bench.report:add_arguments", "lstm_attn.bench.report",
                       "merge benchmark JSON files into a markdown table and plots"),
-    "kernels": Command("lstm_attn.bench.kernels:add_arguments", "lstm_attn.bench.kernels",
-                       "registers, shared memory, spills and blocks per SM of every CUDA kernel in the built "
-                       "extension, read from the binary (no GPU needed)"),
 }
 
 

@@ -1,9 +1,13 @@
-"""`lstm-attn kernels`: reading cuobjdump's output (excerpts of a real sm_90 build of this package) and the
-occupancy bound that follows. CI runs the command itself on the CUDA build; these tests need neither."""
+"""benchmarks/kernel_resources.py: reading cuobjdump's output (excerpts of a real sm_90 build of this package) and the
+occupancy bound that follows. CI runs the script itself on the CUDA build; these tests need neither."""
+
+import sys
+from pathlib import Path
 
 import pytest
 
-from lstm_attn.bench import kernels
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import kernel_resources as kernels  # noqa: E402
 
 DQ = "_ZN9lstm_attn3gpu23attention_bwd_dq_kernelINS0_7SimtMmaILi128EEEfLi64ENS0_4TileILi64ELi32ELi128EEEEEvNS0_13AttnBwdParamsE"
 DKDV = "_ZN9lstm_attn3gpu25attention_bwd_dkdv_kernelINS0_7SimtMmaILi128EEEfLi64ENS0_4TileILi64ELi64ELi128EEEEEvNS0_13AttnBwdParamsE"
@@ -87,8 +91,7 @@ def test_the_table_flags_a_spilling_kernel(monkeypatch, capsys):
     table = kernels.kernel_table("lib.so", cuobjdump="cuobjdump")
     assert [(k.registers, k.max_threads, k.local_accesses, k.blocks_per_sm) for k in table] == \
         [(168, 256, 2, 1), (128, 128, 0, 4)]
-    args = type("Args", (), {"so": "lib.so", "cuobjdump": "cuobjdump", "json": None})()
-    assert kernels.run(args) == 1
+    assert kernels.main(["--so", "lib.so", "--cuobjdump", "cuobjdump"]) == 1
     captured = capsys.readouterr()
     assert "1 kernel(s) load or store local memory" in captured.err and "attention_bwd_dkdv_kernel" in captured.err
     assert "| `attention_bwd_dq_kernel<SimtMma<128>, float, 64, Tile<64, 32, 128> >` | sm_90 | 128 |" in captured.out

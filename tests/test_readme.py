@@ -1,10 +1,12 @@
-"""The README's figures against the committed files they come from (lstm_attn.bench.readme)."""
+"""The READMEs' figures against the committed files they come from (benchmarks/readme.py)."""
 
+import sys
 from pathlib import Path
 
 import pytest
 
-from lstm_attn.bench import readme
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import readme  # noqa: E402
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -12,7 +14,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 def test_every_generated_table_in_the_readme_matches_its_files():
     assert readme.BLOCK.search(README.read_text()), "the README has no generated block"
     stale = readme.update(README, check=True)
-    assert not stale, f"README tables differ from their files; run `lstm-attn report --readme README.md`: {stale}"
+    assert not stale, f"README tables differ from their files; run `python benchmarks/readme.py`: {stale}"
 
 
 def test_a_stale_block_is_found_and_rewritten(tmp_path):

@@ -122,3 +122,11 @@ def environment(device: torch.device) -> dict:
                     "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
                     "load_average_1min": round(os.getloadavg()[0], 2)})
     return env
+
+
+def device_kind(requested: str | None) -> str:
+    """--device, defaulting to cuda when a GPU is visible; asking for a missing GPU is an error."""
+    kind = requested or ("cuda" if torch.cuda.is_available() else "cpu")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda, but torch sees no CUDA GPU here")
+    return kind

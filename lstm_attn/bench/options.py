@@ -119,3 +119,44 @@ def _add_limits(parser: argparse.ArgumentParser, budget_help: str, threads_help:
     parser.add_argument("--time-budget", type=float, help=f"seconds: {budget_help}")
     parser.add_argument("--threads", type=int, help=threads_help)
     parser.add_argument("--seed", type=int, default=0)
+
+
+def names_in(text: str, option: str, known) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise ValueError(f"{option} is empty")
+    for n in names:
+        if n not in known:
+            raise ValueError(f"{option} has unknown value {n!r}; choose from {', '.join(known)}")
+    return names
+
+
+def positive_ints(text: str, what: str) -> list[int]:
+    values = []
+    for item in text.split(","):
+        try:
+            value = int(item)
+        except ValueError:
+            raise ValueError(f"{what} must be comma-separated positive integers, got {text!r}") from None
+        if value <= 0:
+            raise ValueError(f"{what} must be positive, got {value}")
+        values.append(value)
+    return values
+
+
+def sequence_lengths(tokens: int, T_text: str) -> list[int]:
+    """--T, each length a divisor of --tokens (B = tokens / T must be whole)."""
+    if tokens <= 0:
+        raise ValueError(f"--tokens must be positive, got {tokens}")
+    Ts = positive_ints(str(T_text), "--T")
+    for T in Ts:
+        if tokens % T:
+            raise ValueError(f"--tokens {tokens} is not a multiple of T = {T}: B = tokens / T must be whole")
+    return Ts
+
+
+def check_limits(time_budget: float | None, threads: int | None) -> None:
+    if time_budget is not None and time_budget <= 0:
+        raise ValueError(f"--time-budget must be positive seconds, got {time_budget}")
+    if threads is not None and threads <= 0:
+        raise ValueError(f"--threads must be positive, got {threads}")

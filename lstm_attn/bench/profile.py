@@ -28,11 +28,10 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from lstm_attn.bench import cases
-from lstm_attn.bench.env import device_slug, environment
-from lstm_attn.bench.options import PROFILE_DEFAULTS
-from lstm_attn.bench.report import fmt_ms, markdown_table
+from lstm_attn.bench.env import device_kind, device_slug, environment
+from lstm_attn.bench.options import PROFILE_DEFAULTS, check_limits, names_in, positive_ints, sequence_lengths
 from lstm_attn.bench.schema import write_json
-from lstm_attn.bench.sweep import check_limits, device_kind, names_in, positive_ints, sequence_lengths
+from lstm_attn.bench.tables import fmt_ms, markdown_table
 from lstm_attn.bench.timing import Budget, measure_eager, measure_host, sync
 
 SCHEMA = "lstm_attn.profile/1"

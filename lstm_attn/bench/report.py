@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from lstm_attn.bench import load, schema
+from lstm_attn.bench.tables import fmt_ms, markdown_table
 
 PROFILE_SCHEMA = "lstm_attn.profile/1"
 SECTIONS = {  # timing -> (heading, the method the timing asks for)
@@ -88,10 +89,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="bench-report", help="output folder (default: %(default)s)")
     parser.add_argument("--stem", default="report", help="file name stem of the outputs (default: %(default)s)")
     parser.add_argument("--quiet", action="store_true", help="write the files without printing the markdown")
-    parser.add_argument("--readme", metavar="MARKDOWN", help="instead: re-render the generated blocks of this "
-                        "markdown file (e.g. README.md) from the result files each names")
-    parser.add_argument("--check", action="store_true", help="with --readme: change nothing; exit 1 if a block "
-                        "differs from what its files give")
 
 
 @dataclass(frozen=True, eq=False)  # compared and hashed by identity: one object per file
@@ -111,17 +108,17 @@ class Run:
 
 
 # Result files of the other tools that share benchmarks/results/, which a report has no table for: host_cost.py's
-# (rendered into the README as they are) and `lstm-attn kernels --json` (the README's kernels block).
+# (rendered into the README as they are) and benchmarks/kernel_resources.py's --json (the README's kernels block).
 HOST_COST_SCHEMA = "lstm_attn.host_cost/1"
 
 
 def other_tool(doc) -> str | None:
-    """What wrote `doc` (a result file's JSON), when it is a result of host_cost.py or `lstm-attn kernels` rather
+    """What wrote `doc` (a result file's JSON), when it is a result of host_cost.py or kernel_resources.py rather
     than a bench or profile file; None otherwise."""
     if isinstance(doc, dict) and doc.get("schema") == HOST_COST_SCHEMA:
         return "benchmarks/host_cost.py"
     if isinstance(doc, list) and doc and all(isinstance(k, dict) and {"name", "registers"} <= k.keys() for k in doc):
-        return "lstm-attn kernels"
+        return "benchmarks/kernel_resources.py"
     return None
 
 
@@ -161,17 +158,8 @@ def merge(runs: list[Run]) -> list[tuple[Run, dict]]:
     return sorted(latest.values(), key=lambda pair: order[_key(pair[1])])
 
 
-def fmt_ms(x: float | None) -> str:
-    return "–" if x is None else f"{x:.0f}" if x >= 100 else f"{x:.1f}" if x >= 10 else f"{x:.3g}"
-
-
 def _x(x: float | None) -> str:
     return "–" if x is None else f"{x:.2f}x"
-
-
-def markdown_table(header: list[str], body: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body])
 
 
 def _unique(values) -> list:
@@ -532,25 +520,9 @@ def _slug(device: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
 
 
-def _readme(args: argparse.Namespace) -> int:
-    from lstm_attn.bench import readme
-
-    try:
-        stale = readme.update(Path(args.readme), check=args.check)
-    except (OSError, ValueError) as exc:  # SchemaError is a ValueError
-        print(f"lstm-attn report: error: {exc}", file=sys.stderr)
-        return 2
-    verb = "differ from their files" if args.check else "re-rendered"
-    print(f"{args.readme}: {len(stale)} generated block(s) {verb}" + "".join(f"\n  {s}" for s in stale),
-          file=sys.stderr)
-    return 1 if args.check and stale else 0
-
-
 def run(args: argparse.Namespace) -> int:
-    if args.readme:
-        return _readme(args)
     if not args.files:
-        print("lstm-attn report: error: give result files, or --readme MARKDOWN", file=sys.stderr)
+        print("lstm-attn report: error: give result files", file=sys.stderr)
         return 2
     skipped: list[tuple[str, str]] = []
     try:

@@ -17,10 +17,12 @@ import torch
 
 from lstm_attn.bench import cases, load, lstm_rows, model_step, scaling, schema
 from lstm_attn.bench.ceilings import measure_ceilings
-from lstm_attn.bench.options import CASES, SWEEP_DEFAULTS, SWEEP_QUICK
-from lstm_attn.bench.env import device_slug, environment
+from lstm_attn.bench.env import device_kind, device_slug, environment
+from lstm_attn.bench.options import (CASES, SWEEP_DEFAULTS, SWEEP_QUICK, check_limits, names_in, positive_ints,
+                                     sequence_lengths)
 from lstm_attn.bench.group import run_group
-from lstm_attn.bench.report import BUSY_MARK, Run, fmt_ms, merge, timing_sections
+from lstm_attn.bench.report import BUSY_MARK, Run, merge, timing_sections
+from lstm_attn.bench.tables import fmt_ms
 from lstm_attn.bench.timing import Budget
 
 BUDGETS = {"cuda": Budget(warmup_ms=25, rep_ms=100), "cpu": Budget(warmup_ms=20, rep_ms=250, min_reps=5),
@@ -50,29 +52,6 @@ class Config:
     time_budget: float | None
     threads: int | None
     seed: int
-
-
-def names_in(text: str, option: str, known) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    if not names:
-        raise ValueError(f"{option} is empty")
-    for n in names:
-        if n not in known:
-            raise ValueError(f"{option} has unknown value {n!r}; choose from {', '.join(known)}")
-    return names
-
-
-def positive_ints(text: str, what: str) -> list[int]:
-    values = []
-    for item in text.split(","):
-        try:
-            value = int(item)
-        except ValueError:
-            raise ValueError(f"{what} must be comma-separated positive integers, got {text!r}") from None
-        if value <= 0:
-            raise ValueError(f"{what} must be positive, got {value}")
-        values.append(value)
-    return values
 
 
 def _dims(item: str, option: str, example: str) -> tuple[int, ...]:
@@ -109,25 +88,6 @@ def op_shapes(elements: int | None, tokens: int | None, Ts: list[int], Hs: list[
     return shapes
 
 
-def device_kind(requested: str | None) -> str:
-    """--device, defaulting to cuda when a GPU is visible; asking for a missing GPU is an error."""
-    kind = requested or ("cuda" if torch.cuda.is_available() else "cpu")
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda, but torch sees no CUDA GPU here")
-    return kind
-
-
-def sequence_lengths(tokens: int, T_text: str) -> list[int]:
-    """--T, each length a divisor of --tokens (B = tokens / T must be whole)."""
-    if tokens <= 0:
-        raise ValueError(f"--tokens must be positive, got {tokens}")
-    Ts = positive_ints(str(T_text), "--T")
-    for T in Ts:
-        if tokens % T:
-            raise ValueError(f"--tokens {tokens} is not a multiple of T = {T}: B = tokens / T must be whole")
-    return Ts
-
-
 def _scaling_lengths(text: str) -> list[int]:
     bounds = positive_ints(text, "--scaling-T")
     if len(bounds) != 2:
@@ -139,13 +99,6 @@ def _positive(seconds: float) -> float:
     if not seconds > 0:
         raise ValueError(f"--time-cap must be positive seconds, got {seconds}")
     return seconds
-
-
-def check_limits(time_budget: float | None, threads: int | None) -> None:
-    if time_budget is not None and time_budget <= 0:
-        raise ValueError(f"--time-budget must be positive seconds, got {time_budget}")
-    if threads is not None and threads <= 0:
-        raise ValueError(f"--threads must be positive, got {threads}")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

@@ -1,5 +1,7 @@
-"""The README's figures, rendered from committed result files: none is typed by hand, and a test re-renders
-every one and fails when the README and its files disagree.
+"""The READMEs' figures, rendered from committed result files: none is typed by hand, and a test re-renders
+every one and fails when a README and its files disagree (developer tooling).
+
+    python benchmarks/readme.py [--check] [MARKDOWN ...]      (default: README.md and benchmarks/README.md)
 
 A generated block in a markdown file:
 
@@ -8,22 +10,25 @@ A generated block in a markdown file:
     <!-- end generated -->
 
 KIND is one of RENDERERS: `graph`, `eager` and `host` the sweep tables of that timing, `goals` the goals table,
-`profile` a profile's table, `kernels` a summary of a `lstm-attn kernels --json` file, `scaling` the
+`profile` a profile's table, `kernels` a summary of a `benchmarks/kernel_resources.py --json` file, `scaling` the
 model_scaling tables (time and peak memory against T), `include` a committed markdown result as it is (less its
 title line). FILE paths are relative
-to the markdown file. `lstm-attn report --readme README.md` rewrites every block; with `--check` it only says
-which blocks are stale, and exits 1 if any is.
+to the markdown file. The script rewrites every block; with `--check` it only says which blocks are stale, and
+exits 1 if any is.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Callable
 
 from lstm_attn.bench import report
+from lstm_attn.bench.tables import markdown_table
 
 BLOCK = re.compile(r"(<!-- generated: (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- end generated -->)", re.DOTALL)
 
@@ -65,7 +70,7 @@ def _kernels(paths: list[Path]) -> str:
         body.append([f"`{name}`", arch, str(len(ks)), f"{regs[0]}–{regs[-1]}",
                      f"{blocks[0]}–{blocks[-1]} ({', '.join(limits)})" if blocks else ", ".join(limits),
                      str(sum(k["local_accesses"] for k in ks))])
-    return report.markdown_table(["kernel", "arch", "instances", "registers", "blocks/SM ≤", "LDL/STL"], body)
+    return markdown_table(["kernel", "arch", "instances", "registers", "blocks/SM ≤", "LDL/STL"], body)
 
 
 def _include(paths: list[Path]) -> str:
@@ -107,3 +112,29 @@ def update(markdown_path: Path, check: bool = False) -> list[str]:
     if not check and new != text:
         markdown_path.write_text(new, encoding="utf-8")
     return stale
+
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_FILES = (ROOT / "README.md", ROOT / "benchmarks" / "README.md")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="benchmarks/readme.py", description=__doc__.splitlines()[0])
+    parser.add_argument("files", nargs="*", type=Path, help="markdown files (default: README.md, benchmarks/README.md)")
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a block differs from its files")
+    args = parser.parse_args(argv)
+    stale_any = False
+    for path in args.files or DEFAULT_FILES:
+        try:
+            stale = update(path, check=args.check)
+        except (OSError, ValueError) as exc:  # SchemaError is a ValueError
+            print(f"readme: error: {exc}", file=sys.stderr)
+            return 2
+        stale_any = stale_any or bool(stale)
+        verb = "differ from their files" if args.check else "re-rendered"
+        print(f"{path}: {len(stale)} generated block(s) {verb}" + "".join(f"\n  {s}" for s in stale), file=sys.stderr)
+    return 1 if args.check and stale_any else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,4 +1,6 @@
-"""`lstm-attn kernels`: the static resources of every CUDA kernel in the built extension, known without a GPU.
+"""The static resources of every CUDA kernel in the built extension, known without a GPU (developer tooling).
+
+    python benchmarks/kernel_resources.py [--so PATH] [--json OUT]
 
 What ptxas decided is in the binary: registers per thread, static shared memory, stack and local memory, the
 block size the kernel was built for (__launch_bounds__), and in the SASS, any local-memory load or store (LDL,
@@ -179,7 +181,7 @@ def kernel_table(so: str, cuobjdump: str | None = None) -> list[Kernel]:
 
 
 def markdown(kernels: list[Kernel]) -> str:
-    from lstm_attn.bench.report import markdown_table
+    from lstm_attn.bench.tables import markdown_table
 
     body = [[f"`{k.name}`", k.arch, str(k.registers), str(k.static_shared), str(k.stack), str(k.local),
              str(k.max_threads or "–"), str(k.local_accesses),
@@ -189,21 +191,20 @@ def markdown(kernels: list[Kernel]) -> str:
                            "LDL/STL", "blocks/SM ≤"], body)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="benchmarks/kernel_resources.py", description=__doc__.splitlines()[0])
     parser.add_argument("--so", help="the extension library to read (default: the lstm_attn._C this Python loads)")
     parser.add_argument("--cuobjdump", help="path to cuobjdump (default: CUDA_HOME, PATH, then Triton's copy)")
     parser.add_argument("--json", help="also write the table as JSON to this file")
-
-
-def run(args: argparse.Namespace) -> int:
+    args = parser.parse_args(argv)
     try:
         so = args.so or find_extension()
         kernels = kernel_table(so, args.cuobjdump)
     except (FileNotFoundError, RuntimeError) as exc:
-        print(f"lstm-attn kernels: error: {exc}", file=sys.stderr)
+        print(f"kernel_resources: error: {exc}", file=sys.stderr)
         return 2
     if not kernels:
-        print(f"lstm-attn kernels: {so} holds no CUDA kernels (built without CUDA)", file=sys.stderr)
+        print(f"kernel_resources: {so} holds no CUDA kernels (built without CUDA)", file=sys.stderr)
         return 2
     print(f"CUDA kernels in {so}: static resources from cuobjdump; dynamic shared memory is set at launch and not "
           f"counted (it can only lower blocks/SM)\n")
@@ -217,3 +218,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"\n{len(kernels)} kernels, none spills.")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
