@@ -6,13 +6,15 @@
 //   fused     the fused kernels (H <= 256 in a compiled bucket, clusters need sm_90, and the GPU gives a block their
 //             shared memory), or an error that says why they cannot run
 //   stepwise  a cuBLAS product and a small elementwise kernel per step (csrc/cpu/lstm.h): the simple fallback
-// The fused float32 products use TF32 where torch.backends.cudnn.allow_tf32 allows it (PyTorch's default): the
-// LSTM these kernels replace is cuDNN's, which follows that flag. The GEMMs around the recurrence (input
-// projection, weight gradients) are ATen's and follow torch.backends.cuda.matmul.allow_tf32 as every matmul does.
+// The fused float32 products use TF32 where cuDNN's RNN setting allows it (torch.backends.cudnn.rnn.fp32_precision,
+// which torch.backends.cudnn.allow_tf32 sets too; TF32 is PyTorch's default): the LSTM these kernels replace is
+// cuDNN's, which follows that setting. The GEMMs around the recurrence (input projection, weight gradients) are ATen's
+// and follow torch.backends.cuda.matmul.allow_tf32 as every matmul does.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
+#include <torch/version.h>
 
 #include <climits>
 #include <string>
@@ -100,10 +102,20 @@ void step_backward(const at::Tensor& gates, const at::Tensor& c, const at::Tenso
 
 const plan::StepKernels kCudaSteps{&step_forward, &step_backward};
 
+bool cudnn_rnn_allows_tf32() {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 11)
+  // The RNN's own setting, as PyTorch's cuDNN RNN reads it. Asked without an operator, the context throws wherever
+  // the RNN and convolution settings differ.
+  return at::globalContext().allowTF32CuDNN(at::Float32Op::RNN);
+#else
+  return at::globalContext().allowTF32CuDNN();
+#endif
+}
+
 Path path_for(c10::ScalarType dtype) {
   if (dtype == at::kHalf) return Path::kHalf;
   if (dtype == at::kBFloat16) return Path::kBFloat16;
-  return at::globalContext().allowTF32CuDNN() ? Path::kTf32 : Path::kFloat;
+  return cudnn_rnn_allows_tf32() ? Path::kTf32 : Path::kFloat;
 }
 
 // The smallest compiled bucket that holds H (LSTM_ATTN_HEAD_DIMS may leave buckets out of a build), or 0. H up to 32
