@@ -17,8 +17,11 @@
 #include <torch/version.h>
 
 #include <climits>
+#include <map>
+#include <mutex>
 #include <string>
 #include <string_view>
+#include <tuple>
 
 #include "checks.h"
 #include "cpu/lstm.h"
@@ -154,29 +157,53 @@ void with_bucket(int Hp, F&& f) {
   }
 }
 
-// Why the fused kernels cannot run hidden size H in dtype on device; empty if they can. Sets *shape where they can.
-std::string fused_unsupported(c10::ScalarType dtype, int64_t H, c10::DeviceIndex device, Shape* shape) {
-  if (H > kFusedLstmMaxHidden)
-    return "they take H up to " + std::to_string(kFusedLstmMaxHidden) + ", got H = " + std::to_string(H);
-  const int Hp = bucket_for(H);
-  if (Hp == 0) return "this build has no bucket for H = " + std::to_string(H) + " (LSTM_ATTN_HEAD_DIMS left it out)";
-  with_bucket(Hp, [&](auto bucket) { *shape = fused_shape<decltype(bucket)::value>(path_for(dtype)); });
+// Why the fused kernels of bucket Hp cannot run `path` on `device` (the current one); empty if they can.
+std::string ask_device(int Hp, Path path, int device) {
+  Shape shape{};
+  with_bucket(Hp, [&](auto bucket) { shape = fused_shape<decltype(bucket)::value>(path); });
   int major = 0, optin = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  if (shape->cluster > 1 && major < 9)
-    return "H = " + std::to_string(H) + " in this dtype needs thread-block clusters (sm_90 or newer)";
-  if (shape->smem > static_cast<size_t>(optin))
-    return "they need " + std::to_string(shape->smem) + " bytes of shared memory per block; this GPU allows " +
+  if (shape.cluster > 1 && major < 9) return "need thread-block clusters (sm_90 or newer)";
+  if (shape.smem > static_cast<size_t>(optin))
+    return "need " + std::to_string(shape.smem) + " bytes of shared memory per block; this GPU allows " +
            std::to_string(optin);
+  int clusters = 0;
+  with_bucket(Hp, [&](auto bucket) { clusters = fused_capacity<decltype(bucket)::value>(path, device); });
+  if (clusters == 0)
+    return "need " + std::to_string(shape.cluster) + " co-resident blocks of " + std::to_string(shape.smem) +
+           " bytes of shared memory each, which this GPU cannot hold";
   return "";
+}
+
+// Why the fused kernels cannot run hidden size H in dtype on device (the current one); empty if they can. Sets *shape
+// where they can. The device is asked once per (bucket, path, device), before any CUDA graph captures a launch: the
+// plans ask this before they choose "fused", and every fused call asks it before its first launch.
+std::string fused_unsupported(c10::ScalarType dtype, int64_t H, c10::DeviceIndex device, Shape* shape) {
+  if (H > kFusedLstmMaxHidden)
+    return "the fused LSTM kernels take H up to " + std::to_string(kFusedLstmMaxHidden) + ", got H = " +
+           std::to_string(H);
+  const int Hp = bucket_for(H);
+  if (Hp == 0)
+    return "this build has no fused LSTM bucket for H = " + std::to_string(H) + " (LSTM_ATTN_HEAD_DIMS left it out)";
+  const Path path = path_for(dtype);
+  with_bucket(Hp, [&](auto bucket) { *shape = fused_shape<decltype(bucket)::value>(path); });
+  static std::mutex mutex;
+  static std::map<std::tuple<int, Path, int>, std::string> reasons;
+  const std::lock_guard<std::mutex> lock(mutex);
+  const auto [known, fresh] = reasons.try_emplace({Hp, path, static_cast<int>(device)});
+  if (fresh) known->second = ask_device(Hp, path, device);
+  if (known->second.empty()) return "";
+  return "the fused LSTM kernels for H = " + std::to_string(H) + " in " + std::string(c10::toString(dtype)) + " " +
+         known->second;
 }
 
 // ops.cpp's cuda_lstm_fused_unsupported: what plans.py asks before it chooses "fused".
 std::string fused_unsupported_query(c10::ScalarType dtype, int64_t H, c10::Device device) {
   TORCH_CHECK(device.is_cuda(), "cuda_lstm_fused_unsupported: device must be a CUDA device, got ", device);
+  const c10::cuda::CUDAGuard guard(device);
   Shape shape{};
-  return fused_unsupported(dtype, H, device.has_index() ? device.index() : c10::cuda::current_device(), &shape);
+  return fused_unsupported(dtype, H, c10::cuda::current_device(), &shape);
 }
 
 const bool kFusedQueryRegistered = (cuda_queries().lstm_fused_unsupported = &fused_unsupported_query, true);
@@ -230,7 +257,7 @@ plan::ForwardGroup fused_forward_group(Path path, Shape shape) {
       p.c_n[g] = f.c_n[l].data_ptr();
     }
     with_bucket(shape.Hp, [&](auto bucket) {
-      fused_forward<decltype(bucket)::value>(p, path, c10::cuda::getCurrentCUDAStream());
+      fused_forward<decltype(bucket)::value>(p, path, f.x.get_device(), c10::cuda::getCurrentCUDAStream());
     });
   };
 }
@@ -256,7 +283,7 @@ plan::BackwardGroup fused_backward_group(Path path, Shape shape) {
       p.grad_c0[g] = b.grad_c0[l].data_ptr();
     }
     with_bucket(shape.Hp, [&](auto bucket) {
-      fused_backward<decltype(bucket)::value>(p, path, c10::cuda::getCurrentCUDAStream());
+      fused_backward<decltype(bucket)::value>(p, path, f.x.get_device(), c10::cuda::getCurrentCUDAStream());
     });
   };
 }
@@ -270,7 +297,7 @@ plan::Plan make_plan(std::string_view name, const at::Tensor& x, int64_t H) {
               "plan 'fused' cannot run: B or T is too large for one launch");
   Shape shape{};
   const std::string why = fused_unsupported(x.scalar_type(), H, x.get_device(), &shape);
-  TORCH_CHECK(why.empty(), "plan 'fused' cannot run: the fused LSTM kernels ", why);
+  TORCH_CHECK(why.empty(), "plan 'fused' cannot run: ", why);
   const Path path = path_for(x.scalar_type());
   return {shape.layers, fused_forward_group(path, shape), fused_backward_group(path, shape)};
 }
