@@ -18,10 +18,14 @@
 
 #include <climits>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <string_view>
 #include <tuple>
+#include <unordered_map>
+#include <utility>
+#include <vector>
 
 #include "checks.h"
 #include "cpu/lstm.h"
@@ -233,17 +237,84 @@ Params group_params(const plan::ForwardState& f, int64_t n) {
   return p;
 }
 
-// The tensors below are freed when the runner returns, before the kernel has run: PyTorch's caching allocator
-// hands their memory to no one else until the launch's stream has passed it.
-plan::ForwardGroup fused_forward_group(Path path, Shape shape) {
-  return [path, shape](plan::ForwardState& f, int64_t l0, int64_t n, const at::Tensor& proj) {
+// The packed weight slices of one call (pack_weights), by layer: a forward fills them and keeps them for its backward
+// (SavedPacks), which packs only what it is not handed.
+using Packs = std::vector<at::Tensor>;
+
+// The packs of forwards whose backward is still to come, by the storage of the forward's `gates`: the saved tensor
+// that only a forward for the backward fills and that exactly its backward is handed. An entry is taken by that
+// backward if the weights are the ones it was packed from (address and version) and the path is the same, and is
+// dropped, unused, once its gates are freed. Keyed per forward, not by the weights' version counters: a CUDA graph's
+// replays advance no version counter, so a captured forward that found packs by version would replay stale ones;
+// here every forward packs, and only its own backward reuses what it packed.
+class SavedPacks {
+ public:
+  void put(const at::Tensor& gates, at::TensorList weights, Path path, Packs packs) {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    for (auto it = entries_.begin(); it != entries_.end();) {
+      it = it->second.gates.expired() ? entries_.erase(it) : std::next(it);
+    }
+    entries_.insert_or_assign(gates.storage().unsafeGetStorageImpl(),
+                              Entry{gates.storage().getWeakStorageImpl(), sources(weights), path, std::move(packs)});
+  }
+
+  // The packs of the forward that kept `gates`, or none (every tensor undefined).
+  Packs take(const at::Tensor& gates, at::TensorList weights, Path path) {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    const auto it = entries_.find(gates.storage().unsafeGetStorageImpl());
+    if (it == entries_.end()) return Packs(weights.size() / 4);
+    Entry entry = std::move(it->second);
+    entries_.erase(it);
+    // A freed StorageImpl's address is not reused while an entry holds its weak reference.
+    if (entry.gates.expired() || entry.path != path || entry.sources != sources(weights)) {
+      return Packs(weights.size() / 4);
+    }
+    return std::move(entry.packs);
+  }
+
+  // Whether the weights can be told apart by version: inference tensors have no version counter.
+  static bool versioned(at::TensorList weights) {
+    for (const auto& w : weights)
+      if (w.is_inference()) return false;
+    return true;
+  }
+
+ private:
+  using Sources = std::vector<std::pair<const void*, int64_t>>;
+
+  static Sources sources(at::TensorList weights) {
+    Sources out;
+    for (const auto& w : weights) out.emplace_back(w.data_ptr(), w._version());
+    return out;
+  }
+
+  struct Entry {
+    c10::weak_intrusive_ptr<c10::StorageImpl> gates;
+    Sources sources;
+    Path path;
+    Packs packs;
+  };
+  std::mutex mutex_;
+  std::unordered_map<const c10::StorageImpl*, Entry> entries_;
+};
+
+SavedPacks& saved_packs() {
+  static SavedPacks packs;
+  return packs;
+}
+
+// The biases below are freed when the runner returns, before the kernel has run: PyTorch's caching allocator hands
+// their memory to no one else until the launch's stream has passed it. The packs outlive the call (SavedPacks).
+plan::ForwardGroup fused_forward_group(Path path, Shape shape, std::shared_ptr<Packs> packs) {
+  return [path, shape, packs](plan::ForwardState& f, int64_t l0, int64_t n, const at::Tensor& proj) {
     FwdParams p = group_params<FwdParams>(f, n);
     p.proj = proj.data_ptr<float>();
-    at::Tensor w[kMaxLayers], bias[kMaxLayers];
+    at::Tensor bias[kMaxLayers];
     for (int g = 0; g < n; ++g) {
       const int64_t l = l0 + g;
-      w[g] = pack_weights(f, l, g > 0, shape);
-      p.w[g] = w[g].data_ptr();
+      at::Tensor& w = (*packs)[l];
+      w = pack_weights(f, l, g > 0, shape);
+      p.w[g] = w.data_ptr();
       if (g > 0) {
         bias[g] = f.w[4 * l + 2].to(at::kFloat) + f.w[4 * l + 3].to(at::kFloat);
         p.bias[g] = bias[g].data_ptr<float>();
@@ -262,16 +333,16 @@ plan::ForwardGroup fused_forward_group(Path path, Shape shape) {
   };
 }
 
-plan::BackwardGroup fused_backward_group(Path path, Shape shape) {
-  return [path, shape](plan::BackwardState& b, int64_t l0, int64_t n, const at::Tensor& dy) {
+plan::BackwardGroup fused_backward_group(Path path, Shape shape, std::shared_ptr<Packs> packs) {
+  return [path, shape, packs](plan::BackwardState& b, int64_t l0, int64_t n, const at::Tensor& dy) {
     const plan::ForwardState& f = b.f;
     BwdParams p = group_params<BwdParams>(f, n);
     p.dy = dy.data_ptr<float>();
-    at::Tensor w[kMaxLayers];
     for (int g = 0; g < n; ++g) {
       const int64_t l = l0 + g;
-      w[g] = pack_weights(f, l, g > 0, shape);
-      p.w[g] = w[g].data_ptr();
+      at::Tensor& w = (*packs)[l];
+      if (!w.defined()) w = pack_weights(f, l, g > 0, shape);
+      p.w[g] = w.data_ptr();
       if (g > 0) p.mask[g] = f.mask ? (*f.mask)[l - 1].data_ptr() : nullptr;
       p.c0[g] = f.c0[l].data_ptr();
       p.cell[g] = f.cell[l].data_ptr<float>();
@@ -288,8 +359,9 @@ plan::BackwardGroup fused_backward_group(Path path, Shape shape) {
   };
 }
 
-// The named plan for these inputs; the backward is handed its forward's.
-plan::Plan make_plan(std::string_view name, const at::Tensor& x, int64_t H) {
+// The named plan for these inputs; the backward is handed its forward's. packs: the fused runners' packed weights,
+// which they fill where a tensor is undefined.
+plan::Plan make_plan(std::string_view name, const at::Tensor& x, int64_t H, const std::shared_ptr<Packs>& packs) {
   TORCH_CHECK(name == "fused" || name == "stepwise", "plan must be 'fused' or 'stepwise' on CUDA, got '", name, "'");
   // An empty batch has nothing to launch, and a grid of no blocks is a launch error: the stepwise loop skips it.
   if (name == "stepwise" || x.size(0) == 0) return plan::stepwise_plan(kCudaSteps);
@@ -299,7 +371,7 @@ plan::Plan make_plan(std::string_view name, const at::Tensor& x, int64_t H) {
   const std::string why = fused_unsupported(x.scalar_type(), H, x.get_device(), &shape);
   TORCH_CHECK(why.empty(), "plan 'fused' cannot run: ", why);
   const Path path = path_for(x.scalar_type());
-  return {shape.layers, fused_forward_group(path, shape), fused_backward_group(path, shape)};
+  return {shape.layers, fused_forward_group(path, shape, packs), fused_backward_group(path, shape, packs)};
 }
 
 void check_cuda_dtype(const at::Tensor& x) {
@@ -315,7 +387,13 @@ plan::ForwardResult lstm_fwd_cuda(const at::Tensor& x, at::TensorList weights, c
   check_lstm_inputs(x, weights, h0, c0, dropout_mask);
   check_cuda_dtype(x);
   const c10::cuda::CUDAGuard guard(x.device());
-  return plan::forward(make_plan(plan_name, x, h0.size(2)), x, weights, h0, c0, dropout_mask, for_backward);
+  auto packs = std::make_shared<Packs>(weights.size() / 4);
+  plan::ForwardResult result =
+      plan::forward(make_plan(plan_name, x, h0.size(2), packs), x, weights, h0, c0, dropout_mask, for_backward);
+  const bool packed = !packs->empty() && packs->front().defined();
+  if (for_backward && packed && SavedPacks::versioned(weights))
+    saved_packs().put(std::get<5>(result), weights, path_for(x.scalar_type()), std::move(*packs));
+  return result;
 }
 
 plan::BackwardResult lstm_bwd_cuda(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
@@ -328,8 +406,11 @@ plan::BackwardResult lstm_bwd_cuda(const at::Tensor& grad_output, const at::Tens
   check_lstm_grads(x, h0, grad_output, grad_h_n, grad_c_n);
   check_cuda_dtype(x);
   const c10::cuda::CUDAGuard guard(x.device());
-  return plan::backward(make_plan(plan_name, x, h0.size(2)), grad_output, grad_h_n, grad_c_n, x, weights, h0, c0,
-                        dropout_mask, hidden, cell, gates);
+  auto packs = std::make_shared<Packs>(SavedPacks::versioned(weights)
+                                           ? saved_packs().take(gates, weights, path_for(x.scalar_type()))
+                                           : Packs(weights.size() / 4));
+  return plan::backward(make_plan(plan_name, x, h0.size(2), packs), grad_output, grad_h_n, grad_c_n, x, weights, h0,
+                        c0, dropout_mask, hidden, cell, gates);
 }
 
 }  // namespace
