@@ -152,22 +152,27 @@ def test_dropout_masks_are_nn_lstms_on_cpu_and_binomial_everywhere(device):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
-def test_dropout_applies_the_mask_between_layers_only_in_training(device):
-    """A given mask multiplies the input of layers 1 .. L - 1 (checked against running the layers one by one)."""
+@pytest.mark.parametrize("device, plan", [("cpu", "stepwise"), pytest.param("cuda", "stepwise", marks=pytest.mark.gpu),
+                                          pytest.param("cuda", "fused", marks=pytest.mark.gpu)])
+def test_dropout_applies_the_mask_between_layers_only_in_training(device, plan):
+    """A given mask multiplies the input of layers 1 .. L - 1 (checked against running the layers one by one): in
+    float64 on the CPU; in float32 (TF32 off) on a GPU, whose kernels take no float64, to float32's rounding. With
+    three layers the fused plan applies the mask inside its two-layer launch and between launches."""
     require_backend(device, device)
-    x, h0, c0, weights = on(lstm_inputs(3, 6, 2, 7, 3), device)
-    mask = torch.dropout(torch.ones(2, 6, 3, 7, dtype=torch.float64, device=device), 0.5, True)
-    out, h_n, c_n, *_ = torch.ops.lstm_attn.lstm_fwd(x, weights, h0, c0, mask, False, "stepwise")
-    layer_in = x
-    for l in range(3):
-        o, _ = lstm_attn.lstm(layer_in, weights[4 * l:4 * l + 4], h0[l:l + 1], c0[l:l + 1], backend="reference")
-        layer_in = o * mask[l].transpose(0, 1) if l < 2 else o
-    torch.testing.assert_close(out, o, rtol=0, atol=1e-12)
-    torch.manual_seed(0)
-    eval_out, _ = lstm_attn.lstm(x, weights, h0, c0, dropout=0.5, training=False, backend=device)
-    torch.testing.assert_close(eval_out, lstm_attn.lstm(x, weights, h0, c0, backend="reference")[0], rtol=0,
-                               atol=1e-12)
+    dtype, atol = (torch.float64, 1e-12) if device == "cpu" else (torch.float32, 1e-5)
+    x, h0, c0, weights = on(lstm_inputs(3, 6, 2, 7, 3), device, dtype)
+    mask = torch.dropout(torch.ones(2, 6, 3, 7, dtype=dtype, device=device), 0.5, True)
+    with tf32(False):
+        out, h_n, c_n, *_ = torch.ops.lstm_attn.lstm_fwd(x, weights, h0, c0, mask, False, plan)
+        layer_in = x
+        for l in range(3):
+            o, _ = lstm_attn.lstm(layer_in, weights[4 * l:4 * l + 4], h0[l:l + 1], c0[l:l + 1], backend="reference")
+            layer_in = o * mask[l].transpose(0, 1) if l < 2 else o
+        torch.testing.assert_close(out, o, rtol=0, atol=atol)
+        torch.manual_seed(0)
+        eval_out, _ = lstm_attn.lstm(x, weights, h0, c0, dropout=0.5, training=False, backend=device)
+        torch.testing.assert_close(eval_out, lstm_attn.lstm(x, weights, h0, c0, backend="reference")[0], rtol=0,
+                                   atol=atol)
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
