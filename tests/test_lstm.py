@@ -439,10 +439,13 @@ def test_model_runs_its_lstm_through_the_op_with_the_seeds_state_dict(cpu_as_fus
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dropout", [0.0, 0.3], ids=["no-dropout", "dropout"])
 @pytest.mark.parametrize("plan", ["fused", "stepwise"])
-def test_graph_replay_equals_eager(plan, monkeypatch):
-    """What the benchmarks' device-time rows replay: a forward+backward captured in a CUDA graph gives the eager
-    call's bits (the kernels are deterministic)."""
+def test_graph_replay_equals_eager(plan, dropout, monkeypatch):
+    """What the benchmarks' device-time rows and the CUDA-graph training step replay: a forward+backward captured in a
+    CUDA graph gives the eager call's bits (the kernels are deterministic). With dropout, the replay draws the masks
+    the eager call drew from the same seed (PyTorch's graph-safe generator), and the fused kernels apply them inside
+    the captured launches."""
     require_backend("cuda", "cuda")
     monkeypatch.setitem(plans.FORCED, ("cuda", "lstm"), plan)
     torch.manual_seed(0)
@@ -452,9 +455,10 @@ def test_graph_replay_equals_eager(plan, monkeypatch):
     grads = [torch.randn(s, device="cuda", dtype=torch.bfloat16) for s in ((40, 33, 128), (2, 40, 128), (2, 40, 128))]
 
     def forward_backward():
-        output, (h_n, c_n) = lstm_attn.lstm(x, weights, backend="cuda")
+        output, (h_n, c_n) = lstm_attn.lstm(x, weights, dropout=dropout, training=True, backend="cuda")
         return [output, h_n, c_n, *torch.autograd.grad((output, h_n, c_n), [x, *weights], grads)]
 
+    torch.cuda.manual_seed(5)
     eager = forward_backward()
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -464,10 +468,33 @@ def test_graph_replay_equals_eager(plan, monkeypatch):
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         captured = forward_backward()
+    torch.cuda.manual_seed(5)
     graph.replay()
     torch.cuda.synchronize()
     for a, b in zip(captured, eager):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+    if dropout:
+        assert not torch.equal(lstm_attn.lstm(x, weights, backend="cuda")[0], eager[0]), "the masks changed nothing"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype, H", [(torch.bfloat16, 64), (torch.float32, 100)], ids=["bf16-one-block", "fp32-eight"])
+def test_fused_kernels_with_more_clusters_than_fit(monkeypatch, dtype, H):
+    """Clusters never wait for one another, so a batch of more clusters than the GPU holds at once only queues them.
+    Each block of the fused kernels takes over 128 KB of shared memory (lstm.h), so an SM holds one and the GPU at
+    most one cluster per SM: one cluster per 16 rows past that many. bfloat16 at H = 64 runs clusters of one block;
+    exact float32 at H = 100 (padded to 128) clusters of eight."""
+    require_backend("cuda", "cuda")
+    B = 16 * (torch.cuda.get_device_properties(0).multi_processor_count + 1)
+    inputs = lstm_inputs(B, 5, 8, H, 2)
+    with tf32(False):
+        monkeypatch.setitem(plans.FORCED, ("cuda", "lstm"), "fused")
+        fused = forward_backward(inputs, dtype, "cuda", "cuda")
+        monkeypatch.setitem(plans.FORCED, ("cuda", "lstm"), "stepwise")
+        stepwise = forward_backward(inputs, dtype, "cuda", "cuda")
+    want = forward_backward(inputs, torch.float64, "cpu", "reference")
+    for name, a, s, r in zip(names(2), fused, stepwise, want):
+        assert_parity(name, a, r, s if dtype != torch.float32 else None)
 
 
 @pytest.mark.gpu
