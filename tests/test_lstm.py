@@ -128,6 +128,10 @@ def test_tf32_within_twice_cudnns_error_and_tf32s_own(shape):
 def test_fused_kernels_agree_with_the_step_by_step_plan(monkeypatch, shape, dtype):
     """The same arithmetic in two plans: equal up to summation order, in every output."""
     require_backend("cuda", "cuda")
+    assert_fused_agrees_with_stepwise(monkeypatch, shape, dtype)
+
+
+def assert_fused_agrees_with_stepwise(monkeypatch, shape, dtype):
     inputs = lstm_inputs(*shape)
     with tf32(False):
         monkeypatch.setitem(plans.FORCED, ("cuda", "lstm"), "fused")
@@ -486,15 +490,7 @@ def test_fused_kernels_with_more_clusters_than_fit(monkeypatch, dtype, H):
     exact float32 at H = 100 (padded to 128) clusters of eight."""
     require_backend("cuda", "cuda")
     B = 16 * (torch.cuda.get_device_properties(0).multi_processor_count + 1)
-    inputs = lstm_inputs(B, 5, 8, H, 2)
-    with tf32(False):
-        monkeypatch.setitem(plans.FORCED, ("cuda", "lstm"), "fused")
-        fused = forward_backward(inputs, dtype, "cuda", "cuda")
-        monkeypatch.setitem(plans.FORCED, ("cuda", "lstm"), "stepwise")
-        stepwise = forward_backward(inputs, dtype, "cuda", "cuda")
-    want = forward_backward(inputs, torch.float64, "cpu", "reference")
-    for name, a, s, r in zip(names(2), fused, stepwise, want):
-        assert_parity(name, a, r, s if dtype != torch.float32 else None)
+    assert_fused_agrees_with_stepwise(monkeypatch, (B, 5, 8, H, 2), dtype)
 
 
 @pytest.mark.gpu
