@@ -30,9 +30,9 @@
 // Per block: 128 threads; dynamic shared memory; registers per thread from ptxas (nvcc 13.0, sm_90, no spills in
 // any of them); blocks per SM that these allow on an H100/H200 (64 K registers, 228 KB shared memory per SM):
 //   HB    fwd (BM 64, BN 64, 3 stages)          bwd (BN 64, BM 32, 2 stages)
-//   32     28 KB, 148 registers: 3 blocks        21 KB, 168 registers: 3 blocks
-//   64     56 KB, 191 registers: 2 blocks        37 KB, 197 registers: 2 blocks
-//   128   112 KB, 240 registers: 2 blocks        69 KB, 255 registers: 2 blocks
+//   32     28 KB, 148 registers: 3 blocks        21 KB, 160 registers: 3 blocks
+//   64     56 KB, 191 registers: 2 blocks        37 KB, 187 registers: 2 blocks
+//   128   112 KB, 240 registers: 2 blocks        69 KB, 249 registers: 2 blocks
 // Registers, not shared memory, set the occupancy below HB = 128, and they are well above what the accumulators need
 // (fwd at HB = 32: 64 floats of S and O, 8 of Q): the rest are addresses and temporaries of the unrolled loops. The
 // backward's k-step loops are kept rolled: unrolled, ptxas spilled 32 bytes at HB = 128.
