@@ -362,7 +362,9 @@ stage3() {
         done
         ((${#fakes[@]} == 0)) || "$PY" benchmarks/fake_results.py "${fakes[@]}" || FAILED=1
     else
+        # The goal's shape (B = T = 256, H = 128) first, then T and H around it, then a small batch.
         wanted lstm && step lstm - "${bench[@]}" --cases lstm --dtypes float32-tf32,bfloat16 \
+            --lstm-shapes 256x256x128,256x1024x128,256x256x64,256x256x256,32x256x128,32x1024x128 \
             --out "$results/${RESULT_FILE[lstm]}" --time-budget "$(sweep_budget lstm)"
         wanted plans && step plans - "$PY" benchmarks/plan_sweeps.py --out-dir "$results" \
             --tag "$TAG" --time-budget "$(sweep_budget plans)"
@@ -378,11 +380,12 @@ stage3() {
         if wanted ncu; then
             local ncu
             ncu="$(command -v ncu || echo "${CUDA_HOME:-/usr/local/cuda}/bin/ncu")"
-            # Ours (lstm_attn::), Triton's (named *_kernel) and cuBLAS's products, once each; the clocks as found.
+            # Our kernels (lstm_attn::) and Triton's (named *_kernel), each once, with the clocks as found; the
+            # sections that say where a kernel's time goes (speed of light, occupancy, launch, warp stall reasons),
+            # few enough to profile the workload's ~70 kernels in about a minute.
             step ncu - "$ncu" --clock-control none --kernel-name-base demangled \
-                --kernel-name "regex:lstm_attn::|_kernel\$|reduce_partials|gemm|xmma|cutlass|nvjet" \
-                --section SpeedOfLight --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
-                --section ComputeWorkloadAnalysis --section WarpStateStats --launch-count 100 \
+                --kernel-name "regex:lstm_attn::|_kernel\$|reduce_partials" --section SpeedOfLight \
+                --section Occupancy --section LaunchStats --section WarpStateStats --launch-count 150 \
                 --export "$OUT/ncu-$TAG" --force-overwrite "$PY" benchmarks/device_workloads.py ncu \
                 && "$ncu" --import "$OUT/ncu-$TAG.ncu-rep" --page details --csv >"$OUT/ncu-details-$TAG.csv"
         fi

@@ -10,9 +10,9 @@ sanitizer (stage 2, under compute-sanitizer memcheck, racecheck and synccheck; s
   three layers (a two-layer launch and a one-layer one) with dropout between them; and the stepwise plan.
   Head dims stay in the 64 and 128 buckets, which stage 2's trimmed build has: the other buckets compile the same
   code with other sizes.
-ncu (stage 3, under Nsight Compute): each CUDA and Triton attention plan in the dtypes it runs at a goal shape
-(B = 16, T = 1024, H = 128), softmax_pool, the fused LSTM at the LSTM goal's shape (B = T = 256, H = 128) in
-bfloat16 and TF32, and two steps of the stepwise LSTM; one call each, so that every kernel is profiled once.
+ncu (stage 3, under Nsight Compute): each CUDA and Triton attention plan in float32 and a 16-bit dtype where it takes
+them, at a goal shape (B = 16, T = 1024, H = 128), softmax_pool, the fused LSTM at the LSTM goal's shape (B = T =
+256, H = 128) in bfloat16 and TF32, and two steps of the stepwise LSTM; one call each: every kernel profiled once.
 
     python benchmarks/device_workloads.py sanitizer|ncu [--dry-run]
 
@@ -69,22 +69,17 @@ def tf32(allowed: bool):
 
 
 def attention_calls(workload: str):
-    """(backend, plan, dtype, TF32, shape). Sanitizer: every CUDA plan in float32 and its first 16-bit dtype, on
-    every shape whose H it takes; only the tiled plan has float32 kernels of its own that TF32 switches (WMMA or
-    FFMA tiles), the gemm plans' products are cuBLAS's. ncu: every CUDA and Triton plan in each dtype it takes, float32
-    with TF32 off and on, at the goal shape."""
+    """(backend, plan, dtype, TF32, shape): every plan in float32 (TF32 off) and its first 16-bit dtype, where it
+    takes them; the sanitizer's CUDA plans on every shape whose H they take, the tiled plan's float32 also with TF32
+    on (its float32 kernels of its own are WMMA or FFMA tiles by TF32; the gemm plans' products are cuBLAS's); ncu's
+    CUDA and Triton plans at the goal shape."""
     calls = []
-    backends = ("cuda",) if workload == "sanitizer" else ("cuda", "triton")
+    backends, shapes = (("cuda",), SANITIZER_SHAPES) if workload == "sanitizer" else (("cuda", "triton"), (NCU_SHAPE,))
     for backend in backends:
         for plan, cap in plans.CAN_RUN[(backend, "attention")].items():
-            if workload == "sanitizer":
-                runs = [(dtype, False) for dtype in cap.dtypes if dtype != torch.float32][:1]
-                tf32_modes = (True, False) if plan == "tiled" else (False,)
-                shapes = SANITIZER_SHAPES
-            else:
-                runs = [(dtype, False) for dtype in cap.dtypes if dtype != torch.float32]
-                tf32_modes, shapes = (False, True), (NCU_SHAPE,)
+            runs = [(dtype, False) for dtype in cap.dtypes if dtype != torch.float32][:1]
             if torch.float32 in cap.dtypes:
+                tf32_modes = (True, False) if workload == "sanitizer" and plan == "tiled" else (False,)
                 runs += [(torch.float32, allowed) for allowed in tf32_modes]
             calls += [(backend, plan, dtype, allowed, shape) for dtype, allowed in runs for shape in shapes
                       if cap.max_size is None or shape[3] <= cap.max_size]
