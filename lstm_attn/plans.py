@@ -61,15 +61,28 @@ class Row:
     evidence: str = ""  # the measurement behind the row, or why there is none
 
 
+_FP32_PRECISION = getattr(torch._C, "_get_fp32_precision_getter", None)  # per-operator settings (torch >= 2.9)
+
+
+def cudnn_rnn_allows_tf32() -> bool:
+    """Whether cuDNN's RNN may multiply float32 in TF32 (torch.backends.cudnn.rnn.fp32_precision, which
+    torch.backends.cudnn.allow_tf32 sets too): the setting that picks the fused CUDA LSTM's float32 path, read as
+    csrc/cuda/lstm/lstm.cu reads it. Not the operator-less flag, whose getter raises wherever the RNN and convolution
+    settings differ."""
+    if _FP32_PRECISION is None:
+        return torch.backends.cudnn.allow_tf32
+    return _FP32_PRECISION("cuda", "rnn") == "tf32"
+
+
 @functools.cache
 def _cuda_lstm_fused_reason(dtype: torch.dtype, hidden: int, device: torch.device, tf32: bool) -> str | None:
     # The fused kernels' shared memory and cluster size depend on the dtype's path, which for float32 is TF32 or
-    # exact FFMA by torch.backends.cudnn.allow_tf32: part of the key.
+    # exact FFMA by cudnn_rnn_allows_tf32(): part of the key.
     return torch.ops.lstm_attn.cuda_lstm_fused_unsupported(dtype, hidden, device) or None
 
 
 def _fused_lstm_device_reason(dtype: torch.dtype, hidden: int, device: torch.device) -> str | None:
-    return _cuda_lstm_fused_reason(dtype, hidden, device, torch.backends.cudnn.allow_tf32)
+    return _cuda_lstm_fused_reason(dtype, hidden, device, cudnn_rnn_allows_tf32())
 
 
 CAN_RUN: dict[tuple[str, str], dict[str, Capability]] = {
@@ -189,7 +202,7 @@ def choose(backend: str, op: str, dtype: torch.dtype, size: int, *, queries: int
     """The plan for `op` on `backend` with inputs of this dtype and H (`size`), and for attention Tq and Tk."""
     # Every eager call asks: the answers are kept, keyed by all they depend on (the forced plan, and for the CUDA
     # LSTM the TF32 flag that sets its kernels' path).
-    tf32 = torch.backends.cudnn.allow_tf32 if (backend, op) == ("cuda", "lstm") else None
+    tf32 = cudnn_rnn_allows_tf32() if (backend, op) == ("cuda", "lstm") else None
     return _choose(backend, op, dtype, size, queries, keys, device, FORCED.get((backend, op)), tf32)
 
 

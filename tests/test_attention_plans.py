@@ -115,6 +115,30 @@ def test_cuda_plan_parity_at_every_tile_boundary(plan, dtype, H):
             raise AssertionError(f"plan {plan}, {dtype}, H = {H}, Tq = {Tq}, Tk = {Tk} (tiles {tiles}): {e}") from e
 
 
+@gpu
+def test_flash_backward_with_more_blocks_than_fit():
+    """The flash backward's key blocks add their dQ shares in key-block order, each waiting for the one before. With
+    more blocks than the GPU holds at once, blocks start only as others finish, in an order CUDA does not promise:
+    each takes its key block from a ticket as it starts, so it waits only for blocks that have started (a hang
+    otherwise). An SM holds at most 32 blocks (sm_90's limit), so 32 per SM and one more batch row of key blocks
+    are more than fit; the sum stays in order, the gradients deterministic and right."""
+    require_backend("cuda", "cuda")
+    Tq, Tk, H = 32, 4096, 64
+    # At least this many key blocks per batch row, whichever of the plan's tile sizes is the backward's.
+    key_blocks = Tk // max(torch.ops.lstm_attn.cuda_attention_tiles("flash", H, torch.bfloat16))
+    B = 32 * torch.cuda.get_device_properties(0).multi_processor_count // key_blocks + 1
+    inputs = attention_layernorm_inputs(B, Tq, Tk, H, torch.bfloat16, "cuda")
+    grad_out = torch.randn(B, Tq, H, dtype=torch.float64, generator=torch.Generator().manual_seed(2)).to("cuda")
+    check_op_parity(planned("flash"), reference.attention_layernorm, inputs, grad_out, ATTENTION_LAYERNORM_NAMES)
+
+    def grads():
+        leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
+        return torch.autograd.grad(planned("flash")(*leaves), leaves, grad_out.to(torch.bfloat16))
+
+    for name, a, b in zip(ATTENTION_LAYERNORM_NAMES, grads(), grads()):
+        assert torch.equal(a, b), f"grad_{name} differs between two identical backward runs"
+
+
 def test_cuda_tile_shapes_reach_every_boundary():
     assert _tile_shapes([32, 64]) == sorted(
         {(L, L) for L in (32, 33, 64, 65, 172)} | {(1, L) for L in (32, 33, 64, 65, 172)}

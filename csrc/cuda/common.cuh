@@ -64,10 +64,40 @@ __device__ __forceinline__ float group_max(float x, int width) {
   return x;
 }
 
-// Lets `kernel` use `bytes` (> 48 KB) of dynamic shared memory on the current device: the opt-in each kernel needs
-// above the 48 KB default. The device's limit is read once per device and the attribute set once per (kernel,
-// device), not on every launch (launch.cu); a request beyond the limit is a clear error, not a failed launch.
+// Lets `kernel` use `bytes` (> 48 KB) of dynamic shared memory on `device` (default: the current one): the opt-in
+// each kernel needs above the 48 KB default. The device's limit is read once per device and the attribute set once
+// per (kernel, device), not on every launch (launch.cu); a request beyond the limit is a clear error, not a failed
+// launch.
 void opt_in_dynamic_smem(const void* kernel, size_t bytes);
+void opt_in_dynamic_smem(const void* kernel, size_t bytes, int device);
+
+// A launch configuration of `grid` blocks in clusters of `cluster_size` (1: no cluster attribute). Not copied:
+// config.attrs points into the object.
+struct ClusterLaunch {
+  cudaLaunchConfig_t config = {};
+  cudaLaunchAttribute cluster_dims[1] = {};
+  ClusterLaunch(int grid, int cluster_size, int threads, size_t smem_bytes, cudaStream_t stream) {
+    config.gridDim = dim3(static_cast<unsigned>(grid));
+    config.blockDim = dim3(static_cast<unsigned>(threads));
+    config.dynamicSmemBytes = smem_bytes;
+    config.stream = stream;
+    if (cluster_size > 1) {
+      cluster_dims[0].id = cudaLaunchAttributeClusterDimension;
+      cluster_dims[0].val.clusterDim.x = static_cast<unsigned>(cluster_size);
+      cluster_dims[0].val.clusterDim.y = 1;
+      cluster_dims[0].val.clusterDim.z = 1;
+      config.attrs = cluster_dims;
+      config.numAttrs = 1;
+    }
+  }
+  ClusterLaunch(const ClusterLaunch&) = delete;
+  ClusterLaunch& operator=(const ClusterLaunch&) = delete;
+};
+
+// How many clusters of `cluster_size` blocks of `kernel`, `threads` each with `smem_bytes` of dynamic shared memory,
+// fit on `device` (the current one) at once; 0: not one. Opts the kernel into that shared memory first. The driver is
+// asked once per (kernel, device) (launch.cu); later calls, a CUDA graph's capture among them, read the answer.
+int cluster_capacity(const void* kernel, int cluster_size, int threads, size_t smem_bytes, int device);
 
 // Launches `kernel` on `stream` (the entry points pass c10::cuda::getCurrentCUDAStream(); kernel files include no
 // more of c10 than this needs, which keeps their host compile short), launch errors surfaced at once.

@@ -228,12 +228,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   p.H = H;
   p.scale = static_cast<float>(scale);
   p.vec = rows_16b_aligned(H, q.element_size(), {p.q, p.k, p.v, p.grad_attn});
-  at::Tensor dq_accum, dq_locks;  // the flash plan's ordered dQ sum (flash.cuh)
+  at::Tensor dq_accum, dq_order;  // the flash plan's ordered dQ sum (flash.cuh)
   if (plan == Plan::kFlash) {
     dq_accum = at::zeros(q.sizes(), q.options().dtype(at::kFloat));
-    dq_locks = at::zeros({flash::dq_lock_count(p.B, p.Tq)}, q.options().dtype(at::kInt));
+    dq_order = at::zeros({flash::dq_order_ints(p.B, p.Tq)}, q.options().dtype(at::kInt));
     p.dq_accum = dq_accum.data_ptr<float>();
-    p.dq_locks = dq_locks.data_ptr<int>();
+    p.dq_order = dq_order.data_ptr<int>();
   }
   attention_bwd(p, plan, mma_path(dtype), dtype, stream);
   return {grad_q, grad_k, grad_v, grad_residual, grad_weight, grad_bias};

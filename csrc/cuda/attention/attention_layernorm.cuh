@@ -24,7 +24,7 @@ struct AttnBwdParams {
   const float *lse, *delta;
   void *grad_q, *grad_k, *grad_v;
   float* dq_accum;  // flash plan: (B, Tq, H) float32, zeroed; the key blocks' dQ shares are added into it in order
-  int* dq_locks;    // flash plan: flash::dq_lock_count counters, zeroed, that keep that order
+  int* dq_order;    // flash plan: flash::dq_order_ints ints, zeroed: the block ticket and the counters of that order
   int B, Tq, Tk, H;
   float scale;
   bool vec;  // q, k, v, grad_attn rows may be read with 16-byte vector loads

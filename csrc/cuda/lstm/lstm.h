@@ -107,12 +107,16 @@ struct Shape {
   size_t smem;  // dynamic shared memory per block, the larger of the two kernels'
 };
 
-// Per bucket Hp (64, 128, 256), compiled in lstm_hdim<Hp>.cu.
+// Per bucket Hp (64, 128, 256), compiled in lstm_hdim<Hp>.cu. device: the current device.
 template <int Hp>
 Shape fused_shape(Path path);
+// How many clusters of the bucket's kernels fit on the device at once (the fewer of forward's and backward's); 0:
+// not one. Asks the driver once per (kernel, device), which readies the kernels for launches there.
 template <int Hp>
-void fused_forward(const FwdParams& p, Path path, cudaStream_t stream);
+int fused_capacity(Path path, int device);
 template <int Hp>
-void fused_backward(const BwdParams& p, Path path, cudaStream_t stream);
+void fused_forward(const FwdParams& p, Path path, int device, cudaStream_t stream);
+template <int Hp>
+void fused_backward(const BwdParams& p, Path path, int device, cudaStream_t stream);
 
 }  // namespace lstm_attn::gpu::lstm

@@ -3,6 +3,7 @@
 
 namespace lstm_attn::gpu::lstm {
 template Shape fused_shape<128>(Path);
-template void fused_forward<128>(const FwdParams&, Path, cudaStream_t);
-template void fused_backward<128>(const BwdParams&, Path, cudaStream_t);
+template int fused_capacity<128>(Path, int);
+template void fused_forward<128>(const FwdParams&, Path, int, cudaStream_t);
+template void fused_backward<128>(const BwdParams&, Path, int, cudaStream_t);
 }  // namespace lstm_attn::gpu::lstm

@@ -3,6 +3,7 @@
 
 namespace lstm_attn::gpu::lstm {
 template Shape fused_shape<64>(Path);
-template void fused_forward<64>(const FwdParams&, Path, cudaStream_t);
-template void fused_backward<64>(const BwdParams&, Path, cudaStream_t);
+template int fused_capacity<64>(Path, int);
+template void fused_forward<64>(const FwdParams&, Path, int, cudaStream_t);
+template void fused_backward<64>(const BwdParams&, Path, int, cudaStream_t);
 }  // namespace lstm_attn::gpu::lstm

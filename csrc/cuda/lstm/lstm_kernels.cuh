@@ -476,46 +476,26 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) lstm_bwd_kernel(con
 
 // --- launch ---------------------------------------------------------------------------------------------------------
 
-template <class Kernel, class Params>
-void launch_clustered(Kernel kernel, int clusters, int cluster_size, size_t smem_bytes, cudaStream_t stream,
-                      const Params& p) {
-  int device = 0, optin = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  TORCH_CHECK(smem_bytes <= static_cast<size_t>(optin), "lstm_attn: the fused LSTM kernel needs ", smem_bytes,
-              " bytes of shared memory per block, but GPU ", device, " allows ", optin,
-              "; LSTM_ATTN_LSTM_PLAN=stepwise runs the LSTM without it");
-  C10_CUDA_CHECK(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem_bytes)));
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(static_cast<unsigned>(clusters * cluster_size));
-  config.blockDim = dim3(kThreads);
-  config.dynamicSmemBytes = smem_bytes;
-  config.stream = stream;
-  cudaLaunchAttribute cluster_dims[1];
-  cluster_dims[0].id = cudaLaunchAttributeClusterDimension;
-  cluster_dims[0].val.clusterDim.x = static_cast<unsigned>(cluster_size);
-  cluster_dims[0].val.clusterDim.y = 1;
-  cluster_dims[0].val.clusterDim.z = 1;
-  if (cluster_size > 1) {
-    config.attrs = cluster_dims;
-    config.numAttrs = 1;
-    int resident = 0;
-    C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&resident, kernel, &config));
-    TORCH_CHECK(resident > 0, "lstm_attn: GPU ", device, " cannot hold a cluster of ", cluster_size, " blocks with ",
-                smem_bytes, " bytes of shared memory each; LSTM_ATTN_LSTM_PLAN=stepwise runs the LSTM without it");
-  }
-  C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p));
+// Launches one cluster of Cfg::kCluster blocks per kRows batch rows. The shared-memory opt-in and the capacity are
+// the driver's answers from the first call per (kernel, device), which the plan's check makes (lstm.cu) before a
+// CUDA graph could capture a launch; here they are looked up.
+template <class Cfg, class Kernel, class Params>
+void launch_clustered(Kernel kernel, size_t smem_bytes, int device, cudaStream_t stream, const Params& p) {
+  TORCH_CHECK(cluster_capacity(reinterpret_cast<const void*>(kernel), Cfg::kCluster, kThreads, smem_bytes, device) > 0,
+              "lstm_attn: GPU ", device, " cannot hold a cluster of ", Cfg::kCluster, " blocks with ", smem_bytes,
+              " bytes of shared memory each; LSTM_ATTN_PLAN_CUDA_LSTM=stepwise runs the LSTM without it");
+  const ClusterLaunch launch(ceil_div(p.B, kRows) * Cfg::kCluster, Cfg::kCluster, kThreads, smem_bytes, stream);
+  C10_CUDA_CHECK(cudaLaunchKernelEx(&launch.config, kernel, p));
 }
 
+// The fewer clusters of the forward's and the backward's that fit on the device at once.
 template <class Cfg>
-void launch_forward(const FwdParams& p, cudaStream_t stream) {
-  launch_clustered(lstm_fwd_kernel<Cfg>, ceil_div(p.B, kRows), Cfg::kCluster, Cfg::kFwdBytes, stream, p);
-}
-
-template <class Cfg>
-void launch_backward(const BwdParams& p, cudaStream_t stream) {
-  launch_clustered(lstm_bwd_kernel<Cfg>, ceil_div(p.B, kRows), Cfg::kCluster, Cfg::kBwdBytes, stream, p);
+int capacity(int device) {
+  return std::min(
+      cluster_capacity(reinterpret_cast<const void*>(lstm_fwd_kernel<Cfg>), Cfg::kCluster, kThreads, Cfg::kFwdBytes,
+                       device),
+      cluster_capacity(reinterpret_cast<const void*>(lstm_bwd_kernel<Cfg>), Cfg::kCluster, kThreads, Cfg::kBwdBytes,
+                       device));
 }
 
 // Calls f with the bucket's Config for a path: WMMA for 16-bit and tf32, exact FFMA for float32.
@@ -544,13 +524,26 @@ Shape fused_shape(Path path) {
 }
 
 template <int Hp>
-void fused_forward(const FwdParams& p, Path path, cudaStream_t stream) {
-  with_config<Hp>(path, [&](auto cfg) { launch_forward<decltype(cfg)>(p, stream); });
+int fused_capacity(Path path, int device) {
+  int clusters = 0;
+  with_config<Hp>(path, [&](auto cfg) { clusters = capacity<decltype(cfg)>(device); });
+  return clusters;
 }
 
 template <int Hp>
-void fused_backward(const BwdParams& p, Path path, cudaStream_t stream) {
-  with_config<Hp>(path, [&](auto cfg) { launch_backward<decltype(cfg)>(p, stream); });
+void fused_forward(const FwdParams& p, Path path, int device, cudaStream_t stream) {
+  with_config<Hp>(path, [&](auto cfg) {
+    using Cfg = decltype(cfg);
+    launch_clustered<Cfg>(lstm_fwd_kernel<Cfg>, Cfg::kFwdBytes, device, stream, p);
+  });
+}
+
+template <int Hp>
+void fused_backward(const BwdParams& p, Path path, int device, cudaStream_t stream) {
+  with_config<Hp>(path, [&](auto cfg) {
+    using Cfg = decltype(cfg);
+    launch_clustered<Cfg>(lstm_bwd_kernel<Cfg>, Cfg::kBwdBytes, device, stream, p);
+  });
 }
 
 }  // namespace lstm_attn::gpu::lstm

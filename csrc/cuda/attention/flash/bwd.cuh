@@ -37,7 +37,14 @@ __global__ void __launch_bounds__(kThreads, 2) flash_bwd_kernel(const AttnBwdPar
   float* s_stats = reinterpret_cast<float*>(smem_bytes + L::kStatsByte);  // stage s: lse at 2 s BM, delta after
 
   const int H = p.H, k_tiles = ceil_div(p.Tk, BN), q_tiles = ceil_div(p.Tq, BM);
-  const int b = blockIdx.x / k_tiles, n = blockIdx.x % k_tiles, k0 = n * BN;
+  // The block's (batch, key block) comes from a ticket taken as it starts, not from blockIdx: key block n waits
+  // below for key block n - 1, which then holds an earlier ticket, so it has started and will finish. Blocks need
+  // not start in index order (MPS, preemption and the sanitizers reorder them), and a wait on one that has not
+  // started could hang.
+  __shared__ int ticket;
+  if (threadIdx.x == 0) ticket = atomicAdd(p.dq_order, 1);
+  __syncthreads();
+  const int b = ticket / k_tiles, n = ticket % k_tiles, k0 = n * BN;
   const int k_rows = min(BN, p.Tk - k0);
   const int64_t k_row0 = static_cast<int64_t>(b) * p.Tk + k0, q_row0 = static_cast<int64_t>(b) * p.Tq;
   const T* q = static_cast<const T*>(p.q) + q_row0 * H;
@@ -160,7 +167,7 @@ __global__ void __launch_bounds__(kThreads, 2) flash_bwd_kernel(const AttnBwdPar
       }
     }
     // Added after key block n - 1's share and before n + 1's: the same order on every run.
-    int* lock = p.dq_locks + (static_cast<int64_t>(b) * q_tiles + tile) * Tl::kDqParts + warp;
+    int* lock = p.dq_order + 1 + (static_cast<int64_t>(b) * q_tiles + tile) * Tl::kDqParts + warp;
     if (lane == 0) {
       while (load_acquire(lock) != n) {
       }

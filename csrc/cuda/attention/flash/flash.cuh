@@ -18,9 +18,9 @@
 //   quarter. The shares of the key blocks are added into a float32 dQ buffer in key-block order: key block n waits,
 //   per (query tile, quarter), until block n - 1 has added its share (a counter released and acquired at gpu scope),
 //   so every dQ element is summed in the same order on every run -- deterministic, without the separate dQ kernel
-//   that recomputes S and dP (7 GEMM-equivalents per forward + backward, not 9). The order relies on blocks of a grid
-//   starting in index order, as CUTLASS's semaphores and FlashAttention-3's deterministic mode do: a block waits only
-//   for blocks of lower index, which have started. A last kernel scales the float32 dQ and rounds it.
+//   that recomputes S and dP (7 GEMM-equivalents per forward + backward, not 9). A block takes its (batch, key
+//   block) from a ticket counter as it starts, so block n - 1 has started before block n waits for it, whatever
+//   order the hardware starts blocks in. A last kernel scales the float32 dQ and rounds it.
 //
 // Shared memory tiles are row-major with HB (the head-dim bucket) 16-bit columns and no padding; the 16-byte chunks of
 // a row are XOR-swizzled (Swizzled below) so that the eight row addresses of an ldmatrix, and cp.async's row writes,
@@ -30,9 +30,9 @@
 // Per block: 128 threads; dynamic shared memory; registers per thread from ptxas (nvcc 13.0, sm_90, no spills in
 // any of them); blocks per SM that these allow on an H100/H200 (64 K registers, 228 KB shared memory per SM):
 //   HB    fwd (BM 64, BN 64, 3 stages)          bwd (BN 64, BM 32, 2 stages)
-//   32     28 KB, 148 registers: 3 blocks        21 KB, 168 registers: 3 blocks
-//   64     56 KB, 191 registers: 2 blocks        37 KB, 197 registers: 2 blocks
-//   128   112 KB, 240 registers: 2 blocks        69 KB, 255 registers: 2 blocks
+//   32     28 KB, 148 registers: 3 blocks        21 KB, 160 registers: 3 blocks
+//   64     56 KB, 191 registers: 2 blocks        37 KB, 187 registers: 2 blocks
+//   128   112 KB, 240 registers: 2 blocks        69 KB, 249 registers: 2 blocks
 // Registers, not shared memory, set the occupancy below HB = 128, and they are well above what the accumulators need
 // (fwd at HB = 32: 64 floats of S and O, 8 of Q): the rest are addresses and temporaries of the unrolled loops. The
 // backward's k-step loops are kept rolled: unrolled, ptxas spilled 32 bytes at HB = 128.
@@ -128,9 +128,11 @@ void bwd_bucket(const AttnBwdParams& p, c10::ScalarType dtype, cudaStream_t stre
 void dq_convert(const float* dq_accum, int64_t n, float scale, void* grad_q, c10::ScalarType dtype,
                 cudaStream_t stream);
 
-// The number of dQ order counters the backward needs (zeroed before it runs).
-inline int64_t dq_lock_count(int B, int Tq) {
-  return static_cast<int64_t>(B) * ((Tq + BwdTiles::BM - 1) / BwdTiles::BM) * BwdTiles::kDqParts;
+// The ints of AttnBwdParams::dq_order, zeroed before the backward runs: the block ticket, then a counter per
+// (batch, query tile, dQ quarter). Zeroed with the counters, the ticket needs no reset of its own, also in a
+// CUDA graph (the zeroing is a memset node that every replay repeats).
+inline int64_t dq_order_ints(int B, int Tq) {
+  return 1 + static_cast<int64_t>(B) * ((Tq + BwdTiles::BM - 1) / BwdTiles::BM) * BwdTiles::kDqParts;
 }
 
 }  // namespace lstm_attn::gpu::flash
