@@ -21,7 +21,7 @@ import torch
 
 import fake_results
 from lstm_attn import plans
-from lstm_attn.bench import cases, schema, sweep
+from lstm_attn.bench import cases, options, schema, sweep
 
 # The plans that have never been measured first, then the ones whose numbers the tables already cite.
 ORDER = (("cuda", "flash"), ("cuda", "gemm"), ("cuda", "gemm3xtf32"), ("triton", "matmul"), ("cuda", "tiled"),
@@ -34,7 +34,7 @@ def sweep_args(backend: str, plan: str, path: Path, budget: float) -> list[str]:
     """The sweep of one forced plan: its backend alone, in every dtype label and default H the plan takes."""
     cap = plans.CAN_RUN[(backend, "attention")][plan]
     labels = [label for label, dtype in cases.DTYPES.items() if dtype in cap.dtypes and label != "float64"]
-    heads = [h for h in sweep.DEFAULTS["cuda"]["H"].split(",") if cap.max_size is None or int(h) <= cap.max_size]
+    heads = [h for h in options.SWEEP_DEFAULTS["cuda"]["H"].split(",") if cap.max_size is None or int(h) <= cap.max_size]
     return ["--device", "cuda", "--backends", backend, "--timings", "graph", "--host-shape", "none",
             "--dtypes", ",".join(labels), "--H", ",".join(heads), "--out", str(path), "--time-budget", f"{budget:.0f}"]
 
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
         print(f"plan_sweeps: ORDER leaves out {sorted(missing)}", file=sys.stderr)
         return 1
     bench_parser = argparse.ArgumentParser()
-    sweep.add_arguments(bench_parser)
+    options.add_bench_arguments(bench_parser)
     started, status = time.perf_counter(), 0
     for i, (backend, plan) in enumerate(ORDER):
         left = args.time_budget - (time.perf_counter() - started)
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
         path = args.out_dir / f"plan-{backend}-{plan}-{args.tag}.json"
         bench_args = bench_parser.parse_args(sweep_args(backend, plan, path, share))
         if args.dry_run:
-            sweep.names_in(bench_args.dtypes, "--dtypes", cases.DTYPES)
+            options.names_in(bench_args.dtypes, "--dtypes", cases.DTYPES)
             schema.dump(fake_results.fake_doc(cases.CASE), path)
             print(f"plan_sweeps (dry run): {backend} {plan}: --dtypes {bench_args.dtypes} --H {bench_args.H}")
             continue

@@ -12,7 +12,7 @@ A generated block in a markdown file:
 KIND is one of RENDERERS: `graph`, `eager` and `host` the sweep tables of that timing, `goals` the goals table,
 `profile` a profile's table, `kernels` a summary of a `benchmarks/kernel_resources.py --json` file, `scaling` the
 model_scaling tables (time and peak memory against T), `include` a committed markdown result as it is (less its
-title line). FILE paths are relative
+title line), `summary` the range of speedups per machine, case and backend. FILE paths are relative
 to the markdown file. The script rewrites every block; with `--check` it only says which blocks are stale, and
 exits 1 if any is.
 """
@@ -27,7 +27,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Callable
 
-from lstm_attn.bench import report
+from lstm_attn.bench import load, report
 from lstm_attn.bench.tables import markdown_table
 
 BLOCK = re.compile(r"(<!-- generated: (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- end generated -->)", re.DOTALL)
@@ -78,9 +78,59 @@ def _include(paths: list[Path]) -> str:
     return "\n\n".join(re.sub(r"\A# [^\n]*\n+", "", p.read_text(encoding="utf-8")).strip() for p in paths)
 
 
+# The cases a reader asks "is it faster?" about, what ours is compared with in each, and how the row is named.
+_SUMMARY_CASES = {
+    ("model_step", "step"): "the model's training step (forward, loss, backward, Adam)",
+    ("model_scaling", "step"): "the model's training step, T from {T}",
+    ("lstm", "fwd+bwd"): "the LSTM, forward and backward",
+    ("lstm", "fwd"): "the LSTM, forward (inference)",
+    ("attention_layernorm", "fwd+bwd"): "attention + residual + LayerNorm, forward and backward",
+}
+
+
+_PEER_NAMES = {"seed": "the original model", "reference": "eager PyTorch", "sdpa": "SDPA", "compile": "torch.compile",
+               ("lstm", "reference"): "PyTorch's LSTM (oneDNN, cuDNN)"}
+
+
+def _summary(paths: list[Path]) -> str:
+    """What is faster today: per machine, case and backend of ours, the range of speedups over the best peer of
+    the same run (the original model for the model's cases), over every shape and dtype timed, with the marks of
+    rows whose timing was flawed (‡) or taken on a busy machine (§)."""
+    benches, _ = report.load_runs([str(p) for p in paths])
+    groups: dict[tuple, list[tuple[report.Run, dict]]] = defaultdict(list)
+    for run, row in report.merge(benches):
+        what = (row["case"], row["pass"])
+        if what in _SUMMARY_CASES and row["kind"] == "ours" and row["status"] == "ok" and \
+                row.get("speedup_vs_best_peer") is not None:
+            groups[(run.env["device"], run.env["device_type"], what, row["backend"])].append((run, row))
+    body, marks = [], set()
+    for (device, device_type, what, backend), pairs in groups.items():
+        rows = [row for _, row in pairs]
+        run = pairs[0][0]
+        # A CPU row is synchronised eager time by design; on a GPU that, or unsynchronised events, is a mark.
+        flawed = {report.MARKS.get(r.get("method"), "") for r in rows} if device_type == "cuda" else set()
+        mark = "".join(sorted(flawed | {report.BUSY_MARK if load.busy(r, run.env) else "" for r in rows}))
+        marks.update(mark)
+        speedups = sorted(r["speedup_vs_best_peer"] for r in rows)
+        Ts = sorted({r["shape"]["T"] for r in rows})
+        Hs = sorted({r["shape"]["H"] for r in rows})
+        peers = sorted({r["best_peer"] for r in rows})
+        machine = device if device_type == "cuda" else f"{device} ({run.env.get('cores')} cores)"
+        span = f"{speedups[0]:.2f}x" if len(speedups) == 1 else f"{speedups[0]:.2f}x – {speedups[-1]:.2f}x"
+        body.append([machine, _SUMMARY_CASES[what].format(T=f"{Ts[0]} to {Ts[-1]}"),
+                     f"`{backend.removeprefix('ours-')}`", ", ".join(sorted({r["dtype"] for r in rows})),
+                     ", ".join(map(str, Hs)), str(len(rows)), ", ".join(_PEER_NAMES.get((what[0], p), _PEER_NAMES.get(p, p)) for p in peers),
+                     span + mark, f"`{Path(run.source).name}`"])
+    notes = [report.MARK_NOTES[m] for m in sorted(marks) if m in report.MARK_NOTES]
+    table = markdown_table(["machine", "what", "backend", "dtype", "H", "shapes", "against", "speedup", "file"], body)
+    return table + "".join(f"\n\n{m} {n}" for m, n in zip(sorted(m for m in marks if m in report.MARK_NOTES),
+                                                           notes))
+
+
 RENDERERS: dict[str, Callable[[list[Path]], str]] = {
     "graph": _sweep("graph"), "eager": _sweep("eager"), "host": _sweep("host"),
     "goals": _goals, "profile": _profile, "kernels": _kernels, "scaling": _scaling, "include": _include,
+    "summary": _summary,
 }
 
 

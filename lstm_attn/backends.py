@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from lstm_attn import host, limits, ops, plans, reference_ops
+from lstm_attn import cpu_features, limits, ops, plans, reference_ops
 
 BACKENDS = ("reference", "cpu", "cuda", "triton")
 
@@ -176,7 +176,8 @@ _warned_autocast_fallback: set[torch.dtype] = set()
 # Under torch.compile, PyTorch's CPU LSTM runs outside the graph, as it does in a compiled model that calls an
 # nn.LSTM (Dynamo leaves RNN modules to eager: torch._dynamo.config.allow_rnn is off). Traced, Inductor's lowering of
 # its oneDNN layer op fails whenever the input needs no gradient (torch 2.13: "expected Tensor() for op:
-# torch.ops.aten.mkldnn_rnn_layer.default"). cuDNN's traces: on a GPU the call stays in the graph.
+# torch.ops.aten.mkldnn_rnn_layer.default"). cuDNN's traces: on a GPU the call stays in the graph. torch.export,
+# which compiles nothing, keeps it in its graph too.
 _eager_reference_lstm = torch.compiler.disable(reference_ops.lstm, recursive=True)
 
 
@@ -186,7 +187,7 @@ def _reference_lstm(x, weights, h0, c0, dropout, training):
     model (the Linear layers, the attention) still under autocast. Said once per process and dtype."""
     if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
         dtype = torch.get_autocast_dtype("cpu")
-        reason = host.cpu_autocast_lstm_error(dtype)
+        reason = cpu_features.cpu_autocast_lstm_error(dtype)
         if reason is not None:
             if dtype not in _warned_autocast_fallback:
                 _warned_autocast_fallback.add(dtype)
@@ -197,7 +198,7 @@ def _reference_lstm(x, weights, h0, c0, dropout, training):
                 dtype = weights[0].dtype
                 return reference_ops.lstm(x.to(dtype), weights, None if h0 is None else h0.to(dtype),
                                           None if c0 is None else c0.to(dtype), dropout, training)
-    if x.device.type == "cpu" and torch.compiler.is_compiling():
+    if x.device.type == "cpu" and torch.compiler.is_compiling() and not torch.compiler.is_exporting():
         return _eager_reference_lstm(x, weights, h0, c0, dropout, training)
     return reference_ops.lstm(x, weights, h0, c0, dropout, training)
 

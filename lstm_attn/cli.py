@@ -14,6 +14,7 @@ import sys
 from typing import NamedTuple
 
 from lstm_attn import __version__
+from lstm_attn.extras import MissingExtra
 
 
 class Command(NamedTuple):
@@ -59,7 +60,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(sys.argv[1:] if argv is None else argv)
-    return importlib.import_module(COMMANDS[args.command].implementation).run(args)
+    try:
+        return importlib.import_module(COMMANDS[args.command].implementation).run(args)
+    except MissingExtra as exc:
+        print(f"lstm-attn {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

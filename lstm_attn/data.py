@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from lstm_attn.extras import require
+
 # pandas and torch are imported where they are used: the command line reads this module's names to build its
 # options, and `lstm-attn train --help` must answer without loading either.
 if TYPE_CHECKING:
@@ -54,8 +56,7 @@ class Series:
 
 def load_builtin(fill: str = "interpolate") -> Series:
     """The built-in series; its 59 missing weeks are interpolated unless `fill` says otherwise."""
-    from statsmodels.datasets import co2
-
+    co2 = require("statsmodels.datasets.co2", f"the built-in series {BUILTIN_NAME!r}")
     return _clean(BUILTIN_NAME, co2.load_pandas().data["co2"], fill)
 
 
@@ -63,8 +64,7 @@ def load_csv(path: str | Path, column: str, fill: str | None = None, sep: str | 
     """One column of a CSV file, rows in time order. Anything that is not a number is an error naming its
     row; so is a missing value (an empty cell or line, NaN, inf), unless `fill` says what to do with it. Blank
     lines at the end of the file are not rows. `sep` is the delimiter; by default the header's (DELIMITERS)."""
-    import pandas as pd
-
+    pd = require("pandas", "reading a CSV")
     path = Path(path)
     if not path.is_file():
         raise DataError(f"CSV file {str(path)!r} does not exist")

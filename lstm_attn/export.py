@@ -25,6 +25,7 @@ import warnings
 from pathlib import Path
 
 from lstm_attn import argtypes
+from lstm_attn.extras import install_hint
 
 INPUT_NAME, OUTPUT_NAME = "x", "y"
 DYNAMIC_AXES = {INPUT_NAME: {0: "batch", 1: "time"}, OUTPUT_NAME: {0: "batch"}}
@@ -125,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
-        checked = "onnxruntime is not installed: the file was not checked against the model"
+        checked = (f"onnxruntime is not installed ({install_hint('onnxruntime')}): the file was not checked against "
+                   f"the model")
     else:
         checked = (f"onnxruntime reproduces the model at batch {' and '.join(map(str, CHECK_BATCHES))}, "
                    f"{', '.join(map(str, check_lengths(args.window)))} steps")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lstm_attn.extras import install_hint
 from lstm_attn.plans import KEEPS_PROBS
 
 try:
@@ -40,7 +41,7 @@ try:
     TRITON_ERROR: str | None = None
 except ImportError as exc:
     triton_kernels = None
-    TRITON_ERROR = f"triton is not importable ({exc})"
+    TRITON_ERROR = f"triton is not importable ({exc}; {install_hint('triton')})"
 
 
 def _attention_layernorm_shapes(q: Tensor, k: Tensor, v: Tensor, residual: Tensor, weight: Tensor, bias: Tensor):

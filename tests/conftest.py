@@ -43,9 +43,9 @@ def cpu_bf16_lstm_missing(request, monkeypatch):
     """Whether the CPU counts as one without a bfloat16 LSTM in oneDNN (where our model runs its LSTM in float32
     under CPU autocast): as this CPU's probe says ("host"), or always ("forced"), so that CPUs that have one test
     the path of those that do not, and the suite passes on both kinds."""
-    from lstm_attn import backends, host
+    from lstm_attn import cpu_features, backends
 
     monkeypatch.setattr(backends, "_warned_autocast_fallback", set())
     if request.param == "forced":
-        monkeypatch.setattr(host, "cpu_autocast_lstm_error", lambda dtype: "forced by the test")
-    return host.cpu_autocast_lstm_error(torch.bfloat16) is not None
+        monkeypatch.setattr(cpu_features, "cpu_autocast_lstm_error", lambda dtype: "forced by the test")
+    return cpu_features.cpu_autocast_lstm_error(torch.bfloat16) is not None

@@ -199,3 +199,17 @@ def test_a_failed_export_leaves_no_file(tmp_path, checkpoint, capsys, monkeypatc
     err = capsys.readouterr().err
     assert "differs from the model's by 0.5 at batch 3, 48 steps" in err and err.count("\n") == 1, err
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["non-strict", "strict"])
+def test_torch_export_with_a_dynamic_batch(strict):
+    """torch.export of the model for deployment: the batch dynamic, the window length fixed at the exported one (on a
+    CPU, PyTorch's LSTM decomposition specializes the time axis). The program reproduces the model at other batch
+    sizes, the LSTM and attention in its graph."""
+    torch.manual_seed(0)
+    model = LSTMWithAttention(3, 16, 2, 0.0).eval()
+    program = torch.export.export(model, (torch.randn(2, 9, 3),), dynamic_shapes=({0: torch.export.Dim("batch")},),
+                                  strict=strict)
+    for batch in (1, 5):
+        x = torch.randn(batch, 9, 3)
+        torch.testing.assert_close(program.module()(x), model(x), rtol=1e-6, atol=1e-6)

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from lstm_attn import cli, host
+from lstm_attn import cpu_features, cli
 from lstm_attn.data import DataError, Series, load_builtin, load_csv, split_by_time
 from lstm_attn.modules import LSTMWithAttention
 from _strict_json import strict_load
@@ -247,7 +247,7 @@ def test_bf16_mixed_precision_trains_on_cpu(tmp_path, co2_args, capsys, cpu_bf16
 
 
 def test_bf16_mixed_compare_is_refused_where_the_seed_cannot_run(tmp_path, co2_args, capsys, monkeypatch):
-    monkeypatch.setattr(host, "cpu_autocast_lstm_error", lambda dtype: "forced by the test")
+    monkeypatch.setattr(cpu_features, "cpu_autocast_lstm_error", lambda dtype: "forced by the test")
     assert train(tmp_path, *co2_args, "--precision", "bf16-mixed", "--accelerator", "cpu", "--compare") == 2
     err = capsys.readouterr().err
     assert "the seed's model cannot train under bfloat16 autocast on this CPU" in err and "32-true" in err

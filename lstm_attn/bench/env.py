@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 import lstm_attn
-from lstm_attn import host, plans
+from lstm_attn import cpu_features, plans
 
 REPO = Path(lstm_attn.__file__).resolve().parent.parent
 
@@ -116,9 +116,9 @@ def environment(device: torch.device) -> dict:
         })
     else:
         # Other processes share a CPU's cores: the load at the start says how quiet the machine was.
-        # host.describe(): the instruction set torch dispatches to and what oneDNN can build here, which decide
+        # cpu_features.describe(): the instruction set torch dispatches to and what oneDNN can build here, which decide
         # which code paths a CPU row measured.
-        env.update({**host.describe(),
+        env.update({**cpu_features.describe(),
                     "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
                     "load_average_1min": round(os.getloadavg()[0], 2)})
     return env

@@ -25,6 +25,7 @@ from typing import Callable
 
 from lstm_attn.bench import load, schema
 from lstm_attn.bench.tables import fmt_ms, markdown_table
+from lstm_attn.extras import require
 
 PROFILE_SCHEMA = "lstm_attn.profile/1"
 SECTIONS = {  # timing -> (heading, the method the timing asks for)
@@ -371,10 +372,7 @@ def plot_scaling(device: str, rows: list[dict], path: Path) -> bool:
     names = _unique(r["backend"] for r in rows if r["status"] == "ok")
     if not names:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     stepwise = any(r.get("base_mb") is not None for r in rows)
     memory_label = "memory the step adds (MB)" if stepwise else "peak memory (MB)"
@@ -471,10 +469,7 @@ def plot(device: str, rows: list[dict], metric: str, ylabel: str, path: Path) ->
            and not (metric == "speedup_vs_reference" and r["backend"] == "reference")]
     if not sel:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     Hs = sorted({r["shape"]["H"] for r in sel})
     backends = _unique(r["backend"] for r in rows)
@@ -514,6 +509,14 @@ def plot(device: str, rows: list[dict], metric: str, ylabel: str, path: Path) ->
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def _pyplot():
+    """matplotlib's pyplot drawing to files (no display), or MissingExtra naming the extra."""
+    require("matplotlib", "lstm-attn report's plots").use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _slug(device: str) -> str:

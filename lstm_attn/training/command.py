@@ -23,7 +23,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from lstm_attn import host, reference, strict_json
+from lstm_attn import cpu_features, reference, strict_json
 from lstm_attn.backends import available_backends
 from lstm_attn.data import BUILTIN_SEASON, DataError, load_builtin, load_csv, rmse, split_by_time
 from lstm_attn.modules import LSTMWithAttention
@@ -96,7 +96,7 @@ def _cpu_autocast_note(args: argparse.Namespace) -> str | None:
     cannot train at all, so --compare is refused before anything trains."""
     if args.precision not in CPU_AUTOCAST_PRECISIONS or _on_gpu(args):
         return None
-    reason = host.cpu_autocast_lstm_error(torch.bfloat16)
+    reason = cpu_features.cpu_autocast_lstm_error(torch.bfloat16)
     if reason is None:
         return None
     if args.compare:

@@ -24,7 +24,6 @@ from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
-from lstm_attn.bench.timing import sync
 from lstm_attn.data import Split, mae, rmse
 
 LAST_CHECKPOINT = "last.ckpt"
@@ -45,12 +44,18 @@ class Throughput(pl.Callback):
         self.seconds = 0.0
         self._start = 0.0
 
+    @staticmethod
+    def _wait_for(device: torch.device) -> None:
+        # A GPU step returns before its kernels finish: time it to their end.
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        sync(pl_module.device)
+        self._wait_for(pl_module.device)
         self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        sync(pl_module.device)
+        self._wait_for(pl_module.device)
         self.steps += 1
         if self.steps > self.warmup_steps:
             self.seconds += time.perf_counter() - self._start

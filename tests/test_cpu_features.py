@@ -8,13 +8,13 @@ import torch
 import lstm_attn
 from _backends import require_backend
 from _cases import ATTENTION_LAYERNORM_NAMES, attention_layernorm_inputs, pool_inputs
-from lstm_attn import host
+from lstm_attn import cpu_features
 
 
 def test_cpu_autocast_lstm_probe_tells_what_this_cpu_does():
     """The probe is the host's real answer: nn.LSTM under CPU autocast fails exactly where it says it does."""
     for dtype in (torch.bfloat16, torch.float16):
-        reason = host.cpu_autocast_lstm_error(dtype)
+        reason = cpu_features.cpu_autocast_lstm_error(dtype)
         lstm = torch.nn.LSTM(3, 8, 2, batch_first=True)
         try:
             with torch.autocast("cpu", dtype=dtype):
@@ -25,7 +25,7 @@ def test_cpu_autocast_lstm_probe_tells_what_this_cpu_does():
         assert (reason is None) == (failed is None), (dtype, reason, failed)
         if reason is not None:
             assert failed.startswith(reason) and "LSTM" in reason
-    facts = host.describe()
+    facts = cpu_features.describe()
     assert facts["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert set(facts["autocast_lstm"]) == {"bfloat16", "float16"}
 
