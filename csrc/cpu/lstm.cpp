@@ -12,6 +12,7 @@
 #include <string_view>
 
 #include "checks.h"
+#include "cpu/lstm_fused.h"
 #include "lstm_cell.h"
 
 namespace lstm_attn::lstm {
@@ -268,7 +269,8 @@ constexpr StepKernels kCpuSteps{&step_forward, &step_backward};
 
 // The named plan (lstm_attn/plans.py chooses; the backward is handed its forward's).
 Plan cpu_plan(std::string_view name) {
-  TORCH_CHECK(name == "stepwise", "plan must be 'stepwise' on CPU, got '", name, "'");
+  if (name == "fused") return fused_plan();
+  TORCH_CHECK(name == "stepwise", "plan must be 'fused' or 'stepwise' on CPU, got '", name, "'");
   return stepwise_plan(kCpuSteps);
 }
 
