@@ -93,6 +93,7 @@ CAN_RUN: dict[tuple[str, str], dict[str, Capability]] = {
         "stepwise": Capability(_GPU),
     },
     ("cpu", "lstm"): {
+        "fused": Capability(_ALL),
         "stepwise": Capability(_ALL),
     },
 }
