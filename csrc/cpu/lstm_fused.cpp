@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include "cpu/cpu_utils.h"
 #include "lstm_cell.h"
@@ -17,24 +18,30 @@
 namespace lstm_attn::lstm {
 namespace {
 
-// One layer's forward in raw pointers (rows of B, time-major, contiguous): proj (T, B, 4H) with both biases;
-// hidden (T + 1, B, H) with h0 first, filled; gates (T, B, 4H) and cell (T, B, H) filled unless null; c0, c_n (B, H).
+// Every layer's forward in raw pointers (time-major, rows of B, contiguous): proj (T, B, 4H) layer 0's input
+// projection with both its biases; bias (L - 1, 4H) the other layers' b_ih + b_hh; mask (L - 1, T, B, H) or null;
+// hidden (L, T + 1, B, H) with h0 first, filled; gates (L, T, B, 4H) and cell (L, T, B, H) filled unless null;
+// c0, c_n (L, B, H); w_packed[l] layer l's [W_ih; W_hh] (layer 0: W_hh alone) packed by pack_forward.
 struct FusedForward {
-  int64_t B, T, H;
+  int64_t B, T, H, L;
   const float* proj;
+  const float* bias;
+  const float* mask;
   float* hidden;
   float* gates;
   float* cell;
   const float* c0;
   float* c_n;
-  const float* w_packed;
+  const float* const* w_packed;
 };
 
-// One layer's backward: dy (T, B, H) the gradient of h from outside the layer; gates, cell, c0 as saved; d_pre
-// (T, B, 4H), grad_h0 and grad_c0 (B, H) filled.
+// Every layer's backward: dy (T, B, H) the output's gradient; mask, gates, cell, c0 as in the forward; grad_h_n,
+// grad_c_n, grad_h0, grad_c0 (L, B, H); d_pre (L, T, B, 4H) filled; w_hh_packed[l], w_ih_packed[l] (l >= 1) by
+// pack_backward.
 struct FusedBackward {
-  int64_t B, T, H;
+  int64_t B, T, H, L;
   const float* dy;
+  const float* mask;
   const float* gates;
   const float* cell;
   const float* c0;
@@ -43,7 +50,8 @@ struct FusedBackward {
   float* d_pre;
   float* grad_h0;
   float* grad_c0;
-  const float* w_packed;
+  const float* const* w_hh_packed;
+  const float* const* w_ih_packed;
 };
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -61,6 +69,10 @@ using V = float __attribute__((vector_size(64)));
 using VI = int32_t __attribute__((vector_size(64)));
 C10_ALWAYS_INLINE V bcast(float x) { return (V)_mm512_set1_ps(x); }
 C10_ALWAYS_INLINE V fmadd(V a, V b, V c) { return (V)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c); }
+C10_ALWAYS_INLINE V recip(V d) {
+  const V r = (V)_mm512_rcp14_ps((__m512)d);  // 2^-14, squared by the Newton step
+  return r * (2.0f - d * r);
+}
 #include "cpu/lstm_fused_simd.inc"
 }  // namespace avx512
 #pragma GCC pop_options
@@ -74,6 +86,10 @@ using V = float __attribute__((vector_size(32)));
 using VI = int32_t __attribute__((vector_size(32)));
 C10_ALWAYS_INLINE V bcast(float x) { return (V)_mm256_set1_ps(x); }
 C10_ALWAYS_INLINE V fmadd(V a, V b, V c) { return (V)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c); }
+C10_ALWAYS_INLINE V recip(V d) {
+  const V r = (V)_mm256_rcp_ps((__m256)d);  // 1.5 * 2^-12, squared by the Newton step
+  return r * (2.0f - d * r);
+}
 #include "cpu/lstm_fused_simd.inc"
 }  // namespace avx2
 #pragma GCC pop_options
@@ -87,24 +103,26 @@ using V = float __attribute__((vector_size(16)));
 using VI = int32_t __attribute__((vector_size(16)));
 C10_ALWAYS_INLINE V bcast(float x) { return V{x, x, x, x}; }
 C10_ALWAYS_INLINE V fmadd(V a, V b, V c) { return a * b + c; }
+C10_ALWAYS_INLINE V recip(V d) { return 1.0f / d; }
 #include "cpu/lstm_fused_simd.inc"
 }  // namespace sse2
 
 struct Kernels {
   const char* name;
-  int64_t (*forward_pack_size)(int64_t);
-  void (*pack_forward)(const float*, int64_t, float*);
-  int64_t (*backward_pack_size)(int64_t);
-  void (*pack_backward)(const float*, int64_t, float*);
-  int64_t (*padded)(int64_t);
-  void (*forward_rows)(const FusedForward&, int64_t, int64_t, float*);
-  void (*backward_rows)(const FusedBackward&, int64_t, int64_t, float*);
+  int64_t (*forward_pack_size)(int64_t k1, int64_t H);
+  void (*pack_forward)(const float* w_ih, int64_t k1, const float* w_hh, int64_t H, float* out);
+  int64_t (*backward_pack_size)(int64_t H);
+  void (*pack_backward)(const float* w, int64_t H, float* out);
+  int64_t (*forward_scratch)(int64_t L, int64_t rows, int64_t H);
+  int64_t (*backward_scratch)(int64_t L, int64_t rows, int64_t H);
+  void (*forward_rows)(const FusedForward&, int64_t b0, int64_t b1, float* scratch);
+  void (*backward_rows)(const FusedBackward&, int64_t b0, int64_t b1, float* scratch);
 };
 
-#define LSTM_ATTN_KERNELS(ns)                                                                                  \
-  Kernels {                                                                                                    \
-    #ns, &ns::forward_pack_size, &ns::pack_forward, &ns::backward_pack_size, &ns::pack_backward, &ns::padded, \
-        &ns::forward_rows, &ns::backward_rows                                                                  \
+#define LSTM_ATTN_KERNELS(ns)                                                                           \
+  Kernels {                                                                                             \
+    #ns, &ns::forward_pack_size, &ns::pack_forward, &ns::backward_pack_size, &ns::pack_backward,       \
+        &ns::forward_scratch, &ns::backward_scratch, &ns::forward_rows, &ns::backward_rows              \
   }
 
 // The best kernels this CPU runs (the OS must also save the registers: __builtin_cpu_supports checks XCR0), capped
@@ -135,158 +153,226 @@ void over_batch_slices(int64_t B, const F& f) {
   at::parallel_for(0, B, 1, f);
 }
 
-at::Tensor packed(const at::Tensor& w_hh, int64_t (*size)(int64_t), void (*pack)(const float*, int64_t, float*)) {
-  const at::Tensor w = w_hh.contiguous();
-  const int64_t H = w.size(1);
-  at::Tensor out = at::empty({size(H)}, w.options());
-  pack(w.data_ptr<float>(), H, out.data_ptr<float>());
-  return out;
-}
+const float* ptr(const at::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
 
-void forward_float(ForwardState& f, int64_t l, const at::Tensor& proj) {
+void forward_float(ForwardState& f, const at::Tensor& proj) {
   const Kernels& k = kernels();
-  const int64_t B = f.B, T = f.T, H = f.H;
-  const at::Tensor w = packed(f.w[4 * l + 1], k.forward_pack_size, k.pack_forward);
-  const FusedForward a{B, T, H, proj.data_ptr<float>(), f.hidden[l].data_ptr<float>(),
-                       f.keep ? f.gates[l].data_ptr<float>() : nullptr, f.keep ? f.cell[l].data_ptr<float>() : nullptr,
-                       f.c0[l].data_ptr<float>(), f.c_n[l].data_ptr<float>(), w.data_ptr<float>()};
+  const int64_t L = f.L, B = f.B, T = f.T, H = f.H;
+  std::vector<at::Tensor> packs;
+  std::vector<const float*> w;
+  for (int64_t l = 0; l < L; ++l) {
+    const at::Tensor w_ih = l > 0 ? f.w[4 * l].contiguous() : at::Tensor(), w_hh = f.w[4 * l + 1].contiguous();
+    const int64_t k1 = l > 0 ? H : 0;
+    packs.push_back(at::empty({k.forward_pack_size(k1, H)}, w_hh.options()));
+    k.pack_forward(ptr(w_ih), k1, w_hh.data_ptr<float>(), H, packs.back().data_ptr<float>());
+    w.push_back(packs.back().data_ptr<float>());
+  }
+  std::vector<at::Tensor> biases;
+  for (int64_t l = 1; l < L; ++l) biases.push_back(f.w[4 * l + 2] + f.w[4 * l + 3]);
+  const at::Tensor bias = L > 1 ? at::stack(biases) : at::Tensor();
+  const FusedForward a{B, T, H, L, proj.data_ptr<float>(), ptr(bias), f.mask ? ptr(*f.mask) : nullptr,
+                       f.hidden.data_ptr<float>(), f.keep ? f.gates.data_ptr<float>() : nullptr, f.keep ? f.cell.data_ptr<float>() : nullptr,
+                       f.c0.data_ptr<float>(), f.c_n.data_ptr<float>(), w.data()};
   over_batch_slices(B, [&](int64_t b0, int64_t b1) {
-    const auto c = cpu::scratch<float>((b1 - b0) * k.padded(H));
-    k.forward_rows(a, b0, b1, c.get());
+    const auto scratch = cpu::scratch<float>(k.forward_scratch(L, b1 - b0, H));
+    k.forward_rows(a, b0, b1, scratch.get());
   });
 }
 
-void backward_float(BackwardState& b, int64_t l, const at::Tensor& dy) {
+void backward_float(BackwardState& b, const at::Tensor& dy) {
   const ForwardState& f = b.f;
   const Kernels& k = kernels();
-  const int64_t B = f.B, T = f.T, H = f.H;
-  const at::Tensor w = packed(f.w[4 * l + 1], k.backward_pack_size, k.pack_backward);
-  const FusedBackward a{B, T, H, dy.data_ptr<float>(), f.gates[l].data_ptr<float>(), f.cell[l].data_ptr<float>(),
-                        f.c0[l].data_ptr<float>(), b.grad_h_n[l].data_ptr<float>(), b.grad_c_n[l].data_ptr<float>(),
-                        b.d_pre[l].data_ptr<float>(), b.grad_h0[l].data_ptr<float>(), b.grad_c0[l].data_ptr<float>(),
-                        w.data_ptr<float>()};
+  const int64_t L = f.L, B = f.B, T = f.T, H = f.H;
+  std::vector<at::Tensor> packs;
+  std::vector<const float*> w_hh(L), w_ih(L);
+  const auto pack = [&](const at::Tensor& weight) {
+    packs.push_back(at::empty({k.backward_pack_size(H)}, weight.options()));
+    k.pack_backward(weight.contiguous().data_ptr<float>(), H, packs.back().data_ptr<float>());
+    return packs.back().data_ptr<float>();
+  };
+  for (int64_t l = 0; l < L; ++l) {
+    w_hh[l] = pack(f.w[4 * l + 1]);
+    w_ih[l] = l > 0 ? pack(f.w[4 * l]) : nullptr;
+  }
+  const FusedBackward a{B, T, H, L, dy.data_ptr<float>(), f.mask ? ptr(*f.mask) : nullptr, ptr(f.gates),
+                        ptr(f.cell), ptr(f.c0), ptr(b.grad_h_n), ptr(b.grad_c_n), b.d_pre.data_ptr<float>(),
+                        b.grad_h0.data_ptr<float>(), b.grad_c0.data_ptr<float>(), w_hh.data(), w_ih.data()};
   over_batch_slices(B, [&](int64_t b0, int64_t b1) {
-    const auto dc = cpu::scratch<float>((b1 - b0) * k.padded(H));
-    k.backward_rows(a, b0, b1, dc.get());
+    const auto scratch = cpu::scratch<float>(k.backward_scratch(L, b1 - b0, H));
+    k.backward_rows(a, b0, b1, scratch.get());
   });
 }
 
 // The other dtypes: the same slices and order of work in scalar code, the cell by csrc/lstm_cell.h itself.
 template <typename scalar_t>
-void forward_scalar(ForwardState& f, int64_t l, const at::Tensor& proj) {
+struct ScalarWeights {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t B = f.B, T = f.T, H = f.H;
-  const at::Tensor w_hh = f.w[4 * l + 1].to(proj.scalar_type()).contiguous();
-  const acc_t* w = w_hh.data_ptr<acc_t>();
+  std::vector<at::Tensor> keep;
+  std::vector<const acc_t*> w_ih, w_hh, bias;  // (4H, I_l), (4H, H) and b_ih + b_hh (4H,) in acc
+
+  ScalarWeights(const ForwardState& f, at::ScalarType acc) {
+    const auto add = [&](const at::Tensor& t) {
+      keep.push_back(t.to(acc).contiguous());
+      return keep.back().data_ptr<acc_t>();
+    };
+    for (int64_t l = 0; l < f.L; ++l) {
+      w_ih.push_back(add(f.w[4 * l]));
+      w_hh.push_back(add(f.w[4 * l + 1]));
+      bias.push_back(add(f.w[4 * l + 2].to(acc) + f.w[4 * l + 3].to(acc)));
+    }
+  }
+};
+
+template <typename scalar_t>
+void forward_scalar(ForwardState& f, const at::Tensor& proj) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t L = f.L, B = f.B, T = f.T, H = f.H;
+  const ScalarWeights<scalar_t> w(f, proj.scalar_type());
   const acc_t* pj = proj.data_ptr<acc_t>();
-  scalar_t* hidden = f.hidden[l].data_ptr<scalar_t>();
-  acc_t* gates = f.keep ? f.gates[l].data_ptr<acc_t>() : nullptr;
-  acc_t* cells = f.keep ? f.cell[l].data_ptr<acc_t>() : nullptr;
-  const scalar_t* c0 = f.c0[l].data_ptr<scalar_t>();
-  scalar_t* c_n = f.c_n[l].data_ptr<scalar_t>();
+  scalar_t* hidden = f.hidden.data_ptr<scalar_t>();
+  const scalar_t* mask = f.mask ? f.mask->data_ptr<scalar_t>() : nullptr;
+  acc_t* gates = f.keep ? f.gates.data_ptr<acc_t>() : nullptr;
+  acc_t* cells = f.keep ? f.cell.data_ptr<acc_t>() : nullptr;
+  const scalar_t* c0 = f.c0.data_ptr<scalar_t>();
+  scalar_t* c_n = f.c_n.data_ptr<scalar_t>();
+  const auto h_at = [&](int64_t l, int64_t t, int64_t bb) { return hidden + ((l * (T + 1) + t) * B + bb) * H; };
   over_batch_slices(B, [&](int64_t b0, int64_t b1) {
-    const auto c = cpu::scratch<acc_t>((b1 - b0) * H);
+    const int64_t rows = b1 - b0;
+    const auto c = cpu::scratch<acc_t>(L * rows * H);
     const auto pre = cpu::scratch<acc_t>(4 * H);
-    for (int64_t i = 0; i < (b1 - b0) * H; ++i) c[i] = static_cast<acc_t>(c0[b0 * H + i]);
+    const auto in = cpu::scratch<acc_t>(H);
+    for (int64_t l = 0; l < L; ++l)
+      for (int64_t i = 0; i < rows * H; ++i) c[l * rows * H + i] = static_cast<acc_t>(c0[(l * B + b0) * H + i]);
     for (int64_t t = 0; t < T; ++t)
-      for (int64_t bb = b0; bb < b1; ++bb) {
-        const scalar_t* h_prev = hidden + (t * B + bb) * H;
-        for (int64_t j = 0; j < 4 * H; ++j) {
-          acc_t s = pj[(t * B + bb) * 4 * H + j];
-          for (int64_t q = 0; q < H; ++q) s += static_cast<acc_t>(h_prev[q]) * w[j * H + q];
-          pre[j] = s;
+      for (int64_t l = 0; l < L; ++l)
+        for (int64_t bb = b0; bb < b1; ++bb) {
+          const auto product = [&](const auto* a, const acc_t* weight, int64_t K) {
+            for (int64_t j = 0; j < 4 * H; ++j)
+              for (int64_t q = 0; q < K; ++q) pre[j] += static_cast<acc_t>(a[q]) * weight[j * K + q];
+          };
+          if (l == 0) {
+            std::copy_n(pj + (t * B + bb) * 4 * H, 4 * H, pre.get());
+          } else {
+            std::copy_n(w.bias[l], 4 * H, pre.get());
+            const scalar_t* below = h_at(l - 1, t + 1, bb);
+            const scalar_t* m = mask ? mask + (((l - 1) * T + t) * B + bb) * H : nullptr;
+            // Dropped as torch.dropout drops: h * mask in the dtype.
+            for (int64_t q = 0; q < H; ++q) in[q] = static_cast<acc_t>(m ? static_cast<scalar_t>(below[q] * m[q]) : below[q]);
+            product(in.get(), w.w_ih[l], H);
+          }
+          product(h_at(l, t, bb), w.w_hh[l], H);
+          acc_t* cb = c.get() + (l * rows + bb - b0) * H;
+          scalar_t* h = h_at(l, t + 1, bb);
+          for (int64_t u = 0; u < H; ++u) {
+            const auto r = cell::forward(pre[u], pre[H + u], pre[2 * H + u], pre[3 * H + u], cb[u]);
+            cb[u] = r.c;
+            h[u] = static_cast<scalar_t>(r.h);
+            if (gates == nullptr) continue;
+            acc_t* g = gates + ((l * T + t) * B + bb) * 4 * H + u;
+            g[0] = r.i;
+            g[H] = r.f;
+            g[2 * H] = r.g;
+            g[3 * H] = r.o;
+            cells[((l * T + t) * B + bb) * H + u] = r.c;
+          }
         }
-        acc_t* cb = c.get() + (bb - b0) * H;
-        for (int64_t u = 0; u < H; ++u) {
-          const auto r = cell::forward(pre[u], pre[H + u], pre[2 * H + u], pre[3 * H + u], cb[u]);
-          cb[u] = r.c;
-          hidden[((t + 1) * B + bb) * H + u] = static_cast<scalar_t>(r.h);
-          if (gates == nullptr) continue;
-          acc_t* g = gates + (t * B + bb) * 4 * H + u;
-          g[0] = r.i;
-          g[H] = r.f;
-          g[2 * H] = r.g;
-          g[3 * H] = r.o;
-          cells[(t * B + bb) * H + u] = r.c;
-        }
-      }
-    for (int64_t i = 0; i < (b1 - b0) * H; ++i) c_n[b0 * H + i] = static_cast<scalar_t>(c[i]);
+    for (int64_t l = 0; l < L; ++l)
+      for (int64_t i = 0; i < rows * H; ++i) c_n[(l * B + b0) * H + i] = static_cast<scalar_t>(c[l * rows * H + i]);
   });
 }
 
 template <typename scalar_t>
-void backward_scalar(BackwardState& b, int64_t l, const at::Tensor& dy_t) {
+void backward_scalar(BackwardState& b, const at::Tensor& dy_t) {
   using acc_t = at::opmath_type<scalar_t>;
   const ForwardState& f = b.f;
-  const int64_t B = f.B, T = f.T, H = f.H;
-  const at::Tensor w_hh = f.w[4 * l + 1].to(dy_t.scalar_type()).contiguous();
-  const acc_t* w = w_hh.data_ptr<acc_t>();
+  const int64_t L = f.L, B = f.B, T = f.T, H = f.H;
+  const ScalarWeights<scalar_t> w(f, dy_t.scalar_type());
   const acc_t* dy = dy_t.data_ptr<acc_t>();
-  const acc_t* gates = f.gates[l].data_ptr<acc_t>();
-  const acc_t* cells = f.cell[l].data_ptr<acc_t>();
-  const at::Tensor c0_acc = f.c0[l].to(dy_t.scalar_type()).contiguous();
+  const scalar_t* mask = f.mask ? f.mask->data_ptr<scalar_t>() : nullptr;
+  const acc_t* gates = f.gates.data_ptr<acc_t>();
+  const acc_t* cells = f.cell.data_ptr<acc_t>();
+  const at::Tensor c0_acc = f.c0.to(dy_t.scalar_type()).contiguous();
   const acc_t* c0 = c0_acc.data_ptr<acc_t>();
-  const scalar_t* grad_h_n = b.grad_h_n[l].data_ptr<scalar_t>();
-  const scalar_t* grad_c_n = b.grad_c_n[l].data_ptr<scalar_t>();
-  scalar_t* d_pre = b.d_pre[l].data_ptr<scalar_t>();
-  scalar_t* grad_h0 = b.grad_h0[l].data_ptr<scalar_t>();
-  scalar_t* grad_c0 = b.grad_c0[l].data_ptr<scalar_t>();
-  // dh = d_{s+1} W_hh for one row, k in order.
-  const auto recurrent = [&](const scalar_t* d, acc_t* dh) {
-    std::fill(dh, dh + H, acc_t(0));
+  const scalar_t* grad_h_n = b.grad_h_n.data_ptr<scalar_t>();
+  const scalar_t* grad_c_n = b.grad_c_n.data_ptr<scalar_t>();
+  scalar_t* d_pre = b.d_pre.data_ptr<scalar_t>();
+  scalar_t* grad_h0 = b.grad_h0.data_ptr<scalar_t>();
+  scalar_t* grad_c0 = b.grad_c0.data_ptr<scalar_t>();
+  const auto d_at = [&](int64_t l, int64_t t, int64_t bb) { return d_pre + ((l * T + t) * B + bb) * 4 * H; };
+  // out = d W for one row: d (4H) in the dtype, W (4H, H), k in order.
+  const auto product = [&](const scalar_t* d, const acc_t* weight, acc_t* out) {
+    std::fill(out, out + H, acc_t(0));
     for (int64_t k = 0; k < 4 * H; ++k)
-      for (int64_t u = 0; u < H; ++u) dh[u] += static_cast<acc_t>(d[k]) * w[k * H + u];
+      for (int64_t u = 0; u < H; ++u) out[u] += static_cast<acc_t>(d[k]) * weight[k * H + u];
   };
   over_batch_slices(B, [&](int64_t b0, int64_t b1) {
-    const auto dc = cpu::scratch<acc_t>((b1 - b0) * H);
+    const int64_t rows = b1 - b0;
+    const auto dc = cpu::scratch<acc_t>(L * rows * H);
     const auto dh = cpu::scratch<acc_t>(H);
-    for (int64_t i = 0; i < (b1 - b0) * H; ++i) dc[i] = static_cast<acc_t>(grad_c_n[b0 * H + i]);
-    for (int64_t s = T - 1; s >= 0; --s)
+    const auto part = cpu::scratch<acc_t>(H);
+    for (int64_t l = 0; l < L; ++l)
+      for (int64_t i = 0; i < rows * H; ++i) dc[l * rows * H + i] = static_cast<acc_t>(grad_c_n[(l * B + b0) * H + i]);
+    for (int64_t t = T - 1; t >= 0; --t)
+      for (int64_t l = L - 1; l >= 0; --l)
+        for (int64_t bb = b0; bb < b1; ++bb) {
+          if (l == L - 1) {
+            std::copy_n(dy + (t * B + bb) * H, H, dh.get());
+          } else {
+            product(d_at(l + 1, t, bb), w.w_ih[l + 1], dh.get());
+            if (mask != nullptr)
+              for (int64_t u = 0; u < H; ++u) dh[u] *= static_cast<acc_t>(mask[((l * T + t) * B + bb) * H + u]);
+          }
+          if (t == T - 1) {
+            for (int64_t u = 0; u < H; ++u) dh[u] += static_cast<acc_t>(grad_h_n[(l * B + bb) * H + u]);
+          } else {
+            product(d_at(l, t + 1, bb), w.w_hh[l], part.get());
+            for (int64_t u = 0; u < H; ++u) dh[u] += part[u];
+          }
+          const acc_t* g = gates + ((l * T + t) * B + bb) * 4 * H;
+          const acc_t* c = cells + ((l * T + t) * B + bb) * H;
+          const acc_t* cp = t > 0 ? c - B * H : c0 + (l * B + bb) * H;
+          scalar_t* out = d_at(l, t, bb);
+          acc_t* dcb = dc.get() + (l * rows + bb - b0) * H;
+          for (int64_t u = 0; u < H; ++u) {
+            const auto r = cell::backward(g[u], g[H + u], g[2 * H + u], g[3 * H + u], c[u], cp[u], dh[u], dcb[u]);
+            out[u] = static_cast<scalar_t>(r.d_i);
+            out[H + u] = static_cast<scalar_t>(r.d_f);
+            out[2 * H + u] = static_cast<scalar_t>(r.d_g);
+            out[3 * H + u] = static_cast<scalar_t>(r.d_o);
+            dcb[u] = r.dc_carry;
+          }
+        }
+    for (int64_t l = 0; l < L; ++l)
       for (int64_t bb = b0; bb < b1; ++bb) {
-        if (s == T - 1) {
-          for (int64_t u = 0; u < H; ++u) dh[u] = static_cast<acc_t>(grad_h_n[bb * H + u]);
-        } else {
-          recurrent(d_pre + ((s + 1) * B + bb) * 4 * H, dh.get());
-        }
-        const acc_t* g = gates + (s * B + bb) * 4 * H;
-        const acc_t* c = cells + (s * B + bb) * H;
-        const acc_t* cp = s > 0 ? cells + ((s - 1) * B + bb) * H : c0 + bb * H;
-        scalar_t* out = d_pre + (s * B + bb) * 4 * H;
-        acc_t* dcb = dc.get() + (bb - b0) * H;
-        for (int64_t u = 0; u < H; ++u) {
-          const acc_t dh_u = dy[(s * B + bb) * H + u] + dh[u];
-          const auto r = cell::backward(g[u], g[H + u], g[2 * H + u], g[3 * H + u], c[u], cp[u], dh_u, dcb[u]);
-          out[u] = static_cast<scalar_t>(r.d_i);
-          out[H + u] = static_cast<scalar_t>(r.d_f);
-          out[2 * H + u] = static_cast<scalar_t>(r.d_g);
-          out[3 * H + u] = static_cast<scalar_t>(r.d_o);
-          dcb[u] = r.dc_carry;
-        }
+        product(d_at(l, 0, bb), w.w_hh[l], dh.get());
+        for (int64_t u = 0; u < H; ++u) grad_h0[(l * B + bb) * H + u] = static_cast<scalar_t>(dh[u]);
       }
-    for (int64_t bb = b0; bb < b1; ++bb) {
-      recurrent(d_pre + bb * 4 * H, dh.get());
-      for (int64_t u = 0; u < H; ++u) grad_h0[bb * H + u] = static_cast<scalar_t>(dh[u]);
-    }
-    for (int64_t i = 0; i < (b1 - b0) * H; ++i) grad_c0[b0 * H + i] = static_cast<scalar_t>(dc[i]);
+    for (int64_t l = 0; l < L; ++l)
+      for (int64_t i = 0; i < rows * H; ++i) grad_c0[(l * B + b0) * H + i] = static_cast<scalar_t>(dc[l * rows * H + i]);
   });
 }
 
-void fused_forward(ForwardState& f, int64_t l, int64_t, const at::Tensor& proj) {
-  if (f.x.scalar_type() == at::kFloat) return forward_float(f, l, proj);
+// One group holds every layer (lstm.h): the runners get l0 = 0 and n = L.
+constexpr int64_t kAllLayers = int64_t(1) << 40;
+
+void fused_forward(ForwardState& f, int64_t l0, int64_t n, const at::Tensor& proj) {
+  TORCH_CHECK(l0 == 0 && n == f.L, "the fused CPU plan runs every layer in one group");
+  if (f.x.scalar_type() == at::kFloat) return forward_float(f, proj);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, f.x.scalar_type(), "lstm_fused_forward_cpu",
-                                  [&] { forward_scalar<scalar_t>(f, l, proj); });
+                                  [&] { forward_scalar<scalar_t>(f, proj); });
 }
 
-void fused_backward(BackwardState& b, int64_t l, int64_t, const at::Tensor& dy) {
+void fused_backward(BackwardState& b, int64_t l0, int64_t n, const at::Tensor& dy) {
+  TORCH_CHECK(l0 == 0 && n == b.f.L, "the fused CPU plan runs every layer in one group");
   const at::Tensor dy_c = dy.contiguous();
-  if (b.f.x.scalar_type() == at::kFloat) return backward_float(b, l, dy_c);
+  if (b.f.x.scalar_type() == at::kFloat) return backward_float(b, dy_c);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, b.f.x.scalar_type(), "lstm_fused_backward_cpu",
-                                  [&] { backward_scalar<scalar_t>(b, l, dy_c); });
+                                  [&] { backward_scalar<scalar_t>(b, dy_c); });
 }
 
 }  // namespace
 
-Plan fused_plan() { return {1, &fused_forward, &fused_backward}; }
+Plan fused_plan() { return {kAllLayers, &fused_forward, &fused_backward}; }
 
 std::string fused_isa() { return kernels().name; }
 
