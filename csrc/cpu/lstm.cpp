@@ -269,8 +269,10 @@ constexpr StepKernels kCpuSteps{&step_forward, &step_backward};
 
 // The named plan (lstm_attn/plans.py chooses; the backward is handed its forward's).
 Plan cpu_plan(std::string_view name) {
-  if (name == "fused") return fused_plan();
-  TORCH_CHECK(name == "stepwise", "plan must be 'fused' or 'stepwise' on CPU, got '", name, "'");
+  if (name == "fused") return fused_plan("");
+  if (name == "fused-avx2" || name == "fused-sse2") return fused_plan(name.substr(6));
+  TORCH_CHECK(name == "stepwise", "plan must be 'fused', 'fused-avx2', 'fused-sse2' or 'stepwise' on CPU, got '", name,
+              "'");
   return stepwise_plan(kCpuSteps);
 }
 

@@ -8,8 +8,8 @@
 #include <c10/macros/Macros.h>
 
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
+#include <string_view>
 #include <vector>
 
 #include "cpu/cpu_utils.h"
@@ -125,23 +125,19 @@ struct Kernels {
         &ns::forward_scratch, &ns::backward_scratch, &ns::forward_rows, &ns::backward_rows              \
   }
 
-// The best kernels this CPU runs (the OS must also save the registers: __builtin_cpu_supports checks XCR0), capped
-// by LSTM_ATTN_CPU_ISA, read on every call so that a test can set it.
-const Kernels& kernels() {
+// The best kernels this CPU runs (the OS must also save the registers: __builtin_cpu_supports checks XCR0), at most
+// those of `cap` ("" for no cap): plans "fused-avx2" and "fused-sse2" run the narrower kernels on a wider CPU.
+const Kernels& kernels(std::string_view cap) {
   static const Kernels baseline = LSTM_ATTN_KERNELS(sse2);
 #ifdef LSTM_ATTN_FUSED_X86
   static const Kernels k_avx512 = LSTM_ATTN_KERNELS(avx512), k_avx2 = LSTM_ATTN_KERNELS(avx2);
   static const bool has_avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
                                  __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw");
   static const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  const char* cap = std::getenv("LSTM_ATTN_CPU_ISA");
-  const bool allow_avx512 = cap == nullptr || *cap == '\0' || std::strcmp(cap, "avx512") == 0;
-  const bool allow_avx2 = allow_avx512 || std::strcmp(cap, "avx2") == 0;
-  TORCH_CHECK(allow_avx2 || std::strcmp(cap, "sse2") == 0, "LSTM_ATTN_CPU_ISA must be avx512, avx2 or sse2, got '",
-              cap, "'");
-  if (has_avx512 && allow_avx512) return k_avx512;
-  if (has_avx2 && allow_avx2) return k_avx2;
+  if (cap.empty() && has_avx512) return k_avx512;
+  if ((cap.empty() || cap == "avx2") && has_avx2) return k_avx2;
 #endif
+  TORCH_CHECK(cap != "avx2", "plan 'fused-avx2' needs a CPU with AVX2 and FMA");
   return baseline;
 }
 
@@ -155,8 +151,7 @@ void over_batch_slices(int64_t B, const F& f) {
 
 const float* ptr(const at::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
 
-void forward_float(ForwardState& f, const at::Tensor& proj) {
-  const Kernels& k = kernels();
+void forward_float(const Kernels& k, ForwardState& f, const at::Tensor& proj) {
   const int64_t L = f.L, B = f.B, T = f.T, H = f.H;
   std::vector<at::Tensor> packs;
   std::vector<const float*> w;
@@ -179,9 +174,8 @@ void forward_float(ForwardState& f, const at::Tensor& proj) {
   });
 }
 
-void backward_float(BackwardState& b, const at::Tensor& dy) {
+void backward_float(const Kernels& k, BackwardState& b, const at::Tensor& dy) {
   const ForwardState& f = b.f;
-  const Kernels& k = kernels();
   const int64_t L = f.L, B = f.B, T = f.T, H = f.H;
   std::vector<at::Tensor> packs;
   std::vector<const float*> w_hh(L), w_ih(L);
@@ -355,25 +349,30 @@ void backward_scalar(BackwardState& b, const at::Tensor& dy_t) {
 // One group holds every layer (lstm.h): the runners get l0 = 0 and n = L.
 constexpr int64_t kAllLayers = int64_t(1) << 40;
 
-void fused_forward(ForwardState& f, int64_t l0, int64_t n, const at::Tensor& proj) {
-  TORCH_CHECK(l0 == 0 && n == f.L, "the fused CPU plan runs every layer in one group");
-  if (f.x.scalar_type() == at::kFloat) return forward_float(f, proj);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, f.x.scalar_type(), "lstm_fused_forward_cpu",
-                                  [&] { forward_scalar<scalar_t>(f, proj); });
+ForwardGroup fused_forward(const Kernels& k) {
+  return [&k](ForwardState& f, int64_t l0, int64_t n, const at::Tensor& proj) {
+    TORCH_CHECK(l0 == 0 && n == f.L, "the fused CPU plan runs every layer in one group");
+    if (f.x.scalar_type() == at::kFloat) return forward_float(k, f, proj);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, f.x.scalar_type(), "lstm_fused_forward_cpu",
+                                    [&] { forward_scalar<scalar_t>(f, proj); });
+  };
 }
 
-void fused_backward(BackwardState& b, int64_t l0, int64_t n, const at::Tensor& dy) {
-  TORCH_CHECK(l0 == 0 && n == b.f.L, "the fused CPU plan runs every layer in one group");
-  const at::Tensor dy_c = dy.contiguous();
-  if (b.f.x.scalar_type() == at::kFloat) return backward_float(b, dy_c);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, b.f.x.scalar_type(), "lstm_fused_backward_cpu",
-                                  [&] { backward_scalar<scalar_t>(b, dy_c); });
+BackwardGroup fused_backward(const Kernels& k) {
+  return [&k](BackwardState& b, int64_t l0, int64_t n, const at::Tensor& dy) {
+    TORCH_CHECK(l0 == 0 && n == b.f.L, "the fused CPU plan runs every layer in one group");
+    const at::Tensor dy_c = dy.contiguous();
+    if (b.f.x.scalar_type() == at::kFloat) return backward_float(k, b, dy_c);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, b.f.x.scalar_type(), "lstm_fused_backward_cpu",
+                                    [&] { backward_scalar<scalar_t>(b, dy_c); });
+  };
 }
 
 }  // namespace
 
-Plan fused_plan() { return {kAllLayers, &fused_forward, &fused_backward}; }
-
-std::string fused_isa() { return kernels().name; }
+Plan fused_plan(std::string_view isa_cap) {
+  const Kernels& k = kernels(isa_cap);
+  return {kAllLayers, fused_forward(k), fused_backward(k)};
+}
 
 }  // namespace lstm_attn::lstm

@@ -6,20 +6,18 @@
 // gradient, stay single GEMMs over all B T rows (run_forward, run_backward).
 //
 // float32 runs kernels compiled for AVX-512, AVX2 + FMA and baseline SSE2, the best the CPU has picked at run time
-// (LSTM_ATTN_CPU_ISA=avx2 or sse2 caps it, for tests and measurements); float64, bfloat16 and float16 run the same
+// (plans "fused-avx2" and "fused-sse2" cap it, for tests and measurements); float64, bfloat16 and float16 run the same
 // structure in scalar code (float64 is for gradcheck; the 16-bit dtypes round h and the preactivation gradients to
 // the dtype where they are stored, as the step-by-step plan does).
 #pragma once
 
-#include <string>
+#include <string_view>
 
 #include "cpu/lstm.h"
 
 namespace lstm_attn::lstm {
 
-Plan fused_plan();
-
-// The instruction set the float32 kernels run with on this CPU now: "avx512", "avx2" or "sse2".
-std::string fused_isa();
+// isa_cap: "" (the CPU's best kernels), "avx2" or "sse2".
+Plan fused_plan(std::string_view isa_cap);
 
 }  // namespace lstm_attn::lstm
