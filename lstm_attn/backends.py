@@ -29,13 +29,13 @@ AUTO_GPU_WHEN = {
     "triton": lambda dtype, head_dim: False,
 }
 
-# The LSTM (lstm_attn.lstm) has its own choice. On CPU "auto" keeps PyTorch's LSTM (reference): oneDNN fuses it,
-# and the cpu backend's LSTM is the step-by-step plan, there to test the CUDA kernels' arithmetic, not to be fast
-# (forward+backward, B=32 T=256 H=128, 2 layers, float32, 2-core AMD EPYC, 2026-12-01: 192 ms against 414 ms).
-# On a GPU "auto" takes the cuda backend's fused LSTM kernels only where a measured run showed them faster than
-# cuDNN's; they have not run on a GPU yet, so nowhere so far.
-AUTO_LSTM_ORDER = {"cuda": ("cuda", "reference"), "cpu": ("reference",)}
-AUTO_GPU_LSTM_WHEN = {"cuda": lambda dtype, hidden_size: False}
+# The LSTM (lstm_attn.lstm) has its own choice. On CPU "auto" takes the cpu backend where the plan table's row says
+# its plan was measured faster than PyTorch's LSTM (oneDNN): the fused plan in float32 (lstm_attn/plans.py names the
+# result file); elsewhere PyTorch's LSTM. On a GPU "auto" takes the cuda backend's fused LSTM kernels only where a
+# measured run showed them faster than cuDNN's; they have not run on a GPU yet, so nowhere so far.
+AUTO_LSTM_ORDER = {"cuda": ("cuda", "reference"), "cpu": ("cpu", "reference")}
+AUTO_LSTM_WHEN = {"cuda": lambda dtype, hidden_size: False,
+                  "cpu": lambda dtype, hidden_size: plans.beats_reference("cpu", "lstm", dtype, hidden_size)}
 
 # Backends seen to fail on a given GPU architecture: "auto" skips them there and available_backends says why.
 # Filled from real runs only (see benchmarks/device_check.sh); key (backend, "sm_XY").
@@ -59,9 +59,9 @@ class Backend:
     attention_layernorm: Callable
     softmax_pool: Callable
     lstm: Callable | None = None  # lstm_attn.lstm's implementation, if the backend has one
-    # Whether LSTMWithAttention runs its LSTM through `lstm` rather than its nn.LSTM submodule: only for fused LSTM
-    # kernels, which nn.LSTM does not have; a CPU's nn.LSTM is already oneDNN's fused one.
-    fused_lstm: bool = False
+    # Whether LSTMWithAttention runs its LSTM through `lstm` rather than its nn.LSTM submodule, by (dtype, H): for
+    # fused LSTM kernels (cuda), and on CPU where they beat oneDNN's fused LSTM, which nn.LSTM already runs.
+    fused_lstm: Callable[[torch.dtype, int], bool] = lambda dtype, hidden_size: False
 
     def unsupported_reason(self, dtype: torch.dtype, head_dim: int, op: str = "attention") -> str | None:
         if op == "lstm" and self.lstm is None:
@@ -194,9 +194,10 @@ _REGISTRY = {
     for b in (
         Backend("reference", _reference_status, reference.attention_layernorm, reference.softmax_pool,
                 reference.lstm),
-        Backend("cpu", _cpu_status, _extension_attention_layernorm, _extension_softmax_pool, _extension_lstm),
+        Backend("cpu", _cpu_status, _extension_attention_layernorm, _extension_softmax_pool, _extension_lstm,
+                fused_lstm=AUTO_LSTM_WHEN["cpu"]),
         Backend("cuda", _cuda_status, _extension_attention_layernorm, _extension_softmax_pool, _extension_lstm,
-                fused_lstm=True),
+                fused_lstm=lambda dtype, hidden_size: True),
         Backend("triton", _triton_status, _triton_attention_layernorm, _triton_softmax_pool),
     )
 }
@@ -242,10 +243,10 @@ def _resolve(backend: str, device, dtype: torch.dtype, head_dim: int, op: str) -
     check_backend_name(backend)
     device = _as_device(device)
     if backend == "auto":
-        order, when = (AUTO_LSTM_ORDER, AUTO_GPU_LSTM_WHEN) if op == "lstm" else (AUTO_ORDER, AUTO_GPU_WHEN)
+        order, when = (AUTO_LSTM_ORDER, AUTO_LSTM_WHEN) if op == "lstm" else (AUTO_ORDER, AUTO_GPU_WHEN)
         for name in order.get(device.type, ("reference",)):
             candidate = _REGISTRY[name]
-            if device.type == "cuda" and not when.get(name, lambda *_: True)(dtype, head_dim):
+            if not when.get(name, lambda *_: True)(dtype, head_dim):
                 continue
             if candidate.status(device).available and candidate.unsupported_reason(dtype, head_dim, op) is None:
                 return candidate
@@ -262,8 +263,12 @@ def _resolve(backend: str, device, dtype: torch.dtype, head_dim: int, op: str) -
 
 def model_uses_lstm_op(backend: str, device, dtype: torch.dtype, hidden_size: int) -> bool:
     """Whether LSTMWithAttention with this `backend` runs its LSTM through lstm_attn.lstm (where the backend
-    resolves to fused LSTM kernels) rather than its nn.LSTM submodule. A backend without LSTM kernels (triton)
-    leaves the LSTM to nn.LSTM rather than failing: its name picks the attention's kernels."""
+    resolves to fused LSTM kernels, or on CPU to a plan measured faster than nn.LSTM's) rather than its nn.LSTM
+    submodule. A backend without LSTM kernels (triton) leaves the LSTM to nn.LSTM rather than failing: its name picks
+    the attention's kernels. Under autocast the LSTM would run in the autocast dtype: that dtype decides."""
     if backend != "auto" and _REGISTRY[backend].lstm is None:
         return False
-    return resolve(backend, device, dtype, hidden_size, op="lstm").fused_lstm
+    device = _as_device(device)
+    if torch.is_autocast_enabled(device.type):
+        dtype = torch.get_autocast_dtype(device.type)
+    return resolve(backend, device, dtype, hidden_size, op="lstm").fused_lstm(dtype, hidden_size)
