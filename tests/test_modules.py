@@ -277,10 +277,11 @@ def test_bf16_autocast_runs_and_stays_close(backend, device, cpu_bf16_lstm_missi
         lstm_out_of_autocast(seed.lstm)
     lstm_dtypes = []
     ours.lstm.register_forward_hook(lambda module, args, out: lstm_dtypes.append(out[0].dtype))
-    # Where the backend runs the LSTM through lstm_attn.lstm, the submodule's forward (and its hook) never runs.
-    module_runs = not lstm_attn.backends.model_uses_lstm_op(backend, device, torch.float32, 32)
     with warnings.catch_warnings(record=True) as caught, torch.autocast(device, dtype=torch.bfloat16):
         warnings.simplefilter("always")
+        # Where the backend runs the LSTM through lstm_attn.lstm (asked under autocast, whose dtype decides), the
+        # submodule's forward (and its hook) never runs.
+        module_runs = not lstm_attn.backends.model_uses_lstm_op(backend, device, torch.float32, 32)
         got = forward_backward(ours, x)
         seeds = forward_backward(seed, x)
         features = ours.sequence_features(x)
