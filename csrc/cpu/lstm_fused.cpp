@@ -18,13 +18,12 @@
 namespace lstm_attn::lstm {
 namespace {
 
-// Every layer's forward in raw pointers (time-major, rows of B, contiguous): proj (T, B, 4H) layer 0's input
-// projection with both its biases; bias (L - 1, 4H) the other layers' b_ih + b_hh; mask (L - 1, T, B, H) or null;
-// hidden (L, T + 1, B, H) with h0 first, filled; gates (L, T, B, 4H) and cell (L, T, B, H) filled unless null;
-// c0, c_n (L, B, H); w_packed[l] layer l's [W_ih; W_hh] (layer 0: W_hh alone) packed by pack_forward.
+// Every layer's forward in raw pointers (contiguous; time-major but x): x (B, T, I); bias (L, 4H) b_ih + b_hh;
+// mask (L - 1, T, B, H) or null; hidden (L, T + 1, B, H) with h0 first, filled; gates (L, T, B, 4H) and cell
+// (L, T, B, H) filled unless null; c0, c_n (L, B, H); w_packed[l] layer l's [W_ih; W_hh] packed by pack_forward.
 struct FusedForward {
-  int64_t B, T, H, L;
-  const float* proj;
+  int64_t B, T, H, L, I;
+  const float* x;
   const float* bias;
   const float* mask;
   float* hidden;
@@ -151,21 +150,21 @@ void over_batch_slices(int64_t B, const F& f) {
 
 const float* ptr(const at::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
 
-void forward_float(const Kernels& k, ForwardState& f, const at::Tensor& proj) {
-  const int64_t L = f.L, B = f.B, T = f.T, H = f.H;
+void forward_float(const Kernels& k, ForwardState& f) {
+  const int64_t L = f.L, B = f.B, T = f.T, H = f.H, I = f.x.size(2);
   std::vector<at::Tensor> packs;
   std::vector<const float*> w;
-  for (int64_t l = 0; l < L; ++l) {
-    const at::Tensor w_ih = l > 0 ? f.w[4 * l].contiguous() : at::Tensor(), w_hh = f.w[4 * l + 1].contiguous();
-    const int64_t k1 = l > 0 ? H : 0;
-    packs.push_back(at::empty({k.forward_pack_size(k1, H)}, w_hh.options()));
-    k.pack_forward(ptr(w_ih), k1, w_hh.data_ptr<float>(), H, packs.back().data_ptr<float>());
-    w.push_back(packs.back().data_ptr<float>());
-  }
   std::vector<at::Tensor> biases;
-  for (int64_t l = 1; l < L; ++l) biases.push_back(f.w[4 * l + 2] + f.w[4 * l + 3]);
-  const at::Tensor bias = L > 1 ? at::stack(biases) : at::Tensor();
-  const FusedForward a{B, T, H, L, proj.data_ptr<float>(), ptr(bias), f.mask ? ptr(*f.mask) : nullptr,
+  for (int64_t l = 0; l < L; ++l) {
+    const at::Tensor w_ih = f.w[4 * l].contiguous(), w_hh = f.w[4 * l + 1].contiguous();
+    const int64_t k1 = w_ih.size(1);
+    packs.push_back(at::empty({k.forward_pack_size(k1, H)}, w_hh.options()));
+    k.pack_forward(w_ih.data_ptr<float>(), k1, w_hh.data_ptr<float>(), H, packs.back().data_ptr<float>());
+    w.push_back(packs.back().data_ptr<float>());
+    biases.push_back(f.w[4 * l + 2] + f.w[4 * l + 3]);
+  }
+  const at::Tensor bias = at::stack(biases);
+  const FusedForward a{B, T, H, L, I, f.x.data_ptr<float>(), ptr(bias), f.mask ? ptr(*f.mask) : nullptr,
                        f.hidden.data_ptr<float>(), f.keep ? f.gates.data_ptr<float>() : nullptr, f.keep ? f.cell.data_ptr<float>() : nullptr,
                        f.c0.data_ptr<float>(), f.c_n.data_ptr<float>(), w.data()};
   over_batch_slices(B, [&](int64_t b0, int64_t b1) {
@@ -218,11 +217,11 @@ struct ScalarWeights {
 };
 
 template <typename scalar_t>
-void forward_scalar(ForwardState& f, const at::Tensor& proj) {
+void forward_scalar(ForwardState& f) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t L = f.L, B = f.B, T = f.T, H = f.H;
-  const ScalarWeights<scalar_t> w(f, proj.scalar_type());
-  const acc_t* pj = proj.data_ptr<acc_t>();
+  const int64_t L = f.L, B = f.B, T = f.T, H = f.H, I = f.x.size(2);
+  const ScalarWeights<scalar_t> w(f, acc_dtype(f.x.scalar_type()));
+  const scalar_t* x = f.x.data_ptr<scalar_t>();
   scalar_t* hidden = f.hidden.data_ptr<scalar_t>();
   const scalar_t* mask = f.mask ? f.mask->data_ptr<scalar_t>() : nullptr;
   acc_t* gates = f.keep ? f.gates.data_ptr<acc_t>() : nullptr;
@@ -234,7 +233,7 @@ void forward_scalar(ForwardState& f, const at::Tensor& proj) {
     const int64_t rows = b1 - b0;
     const auto c = cpu::scratch<acc_t>(L * rows * H);
     const auto pre = cpu::scratch<acc_t>(4 * H);
-    const auto in = cpu::scratch<acc_t>(H);
+    const auto in = cpu::scratch<acc_t>(std::max(H, I));
     for (int64_t l = 0; l < L; ++l)
       for (int64_t i = 0; i < rows * H; ++i) c[l * rows * H + i] = static_cast<acc_t>(c0[(l * B + b0) * H + i]);
     for (int64_t t = 0; t < T; ++t)
@@ -244,10 +243,10 @@ void forward_scalar(ForwardState& f, const at::Tensor& proj) {
             for (int64_t j = 0; j < 4 * H; ++j)
               for (int64_t q = 0; q < K; ++q) pre[j] += static_cast<acc_t>(a[q]) * weight[j * K + q];
           };
+          std::copy_n(w.bias[l], 4 * H, pre.get());
           if (l == 0) {
-            std::copy_n(pj + (t * B + bb) * 4 * H, 4 * H, pre.get());
+            product(x + (bb * T + t) * I, w.w_ih[0], I);
           } else {
-            std::copy_n(w.bias[l], 4 * H, pre.get());
             const scalar_t* below = h_at(l - 1, t + 1, bb);
             const scalar_t* m = mask ? mask + (((l - 1) * T + t) * B + bb) * H : nullptr;
             // Dropped as torch.dropout drops: h * mask in the dtype.
@@ -350,11 +349,11 @@ void backward_scalar(BackwardState& b, const at::Tensor& dy_t) {
 constexpr int64_t kAllLayers = int64_t(1) << 40;
 
 ForwardGroup fused_forward(const Kernels& k) {
-  return [&k](ForwardState& f, int64_t l0, int64_t n, const at::Tensor& proj) {
+  return [&k](ForwardState& f, int64_t l0, int64_t n, const at::Tensor&) {
     TORCH_CHECK(l0 == 0 && n == f.L, "the fused CPU plan runs every layer in one group");
-    if (f.x.scalar_type() == at::kFloat) return forward_float(k, f, proj);
+    if (f.x.scalar_type() == at::kFloat) return forward_float(k, f);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, f.x.scalar_type(), "lstm_fused_forward_cpu",
-                                    [&] { forward_scalar<scalar_t>(f, proj); });
+                                    [&] { forward_scalar<scalar_t>(f); });
   };
 }
 
@@ -372,7 +371,7 @@ BackwardGroup fused_backward(const Kernels& k) {
 
 Plan fused_plan(std::string_view isa_cap) {
   const Kernels& k = kernels(isa_cap);
-  return {kAllLayers, fused_forward(k), fused_backward(k)};
+  return {kAllLayers, fused_forward(k), fused_backward(k), /*own_input_projection=*/true};
 }
 
 }  // namespace lstm_attn::lstm
