@@ -12,8 +12,8 @@
 #include <string_view>
 
 #include "checks.h"
+#include "cpu/cell_rows.h"
 #include "cpu/lstm_fused.h"
-#include "lstm_cell.h"
 
 namespace lstm_attn::lstm {
 
@@ -218,18 +218,7 @@ void cpu_step_forward(const at::Tensor& pre, const at::Tensor& c_prev, const at:
   acc_t* cn = c.data_ptr<acc_t>();
   scalar_t* hn = h.data_ptr<scalar_t>();
   at::parallel_for(0, B, grain_rows(H), [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      acc_t* row = p + b * 4 * H;
-      for (int64_t u = 0; u < H; ++u) {
-        const auto r = cell::forward(row[u], row[H + u], row[2 * H + u], row[3 * H + u], cp[b * H + u]);
-        row[u] = r.i;
-        row[H + u] = r.f;
-        row[2 * H + u] = r.g;
-        row[3 * H + u] = r.o;
-        cn[b * H + u] = r.c;
-        hn[b * H + u] = static_cast<scalar_t>(r.h);
-      }
-    }
+    for (int64_t b = b0; b < b1; ++b) cpu::cell_forward_row(H, p + b * 4 * H, cp + b * H, cn + b * H, hn + b * H);
   });
 }
 
@@ -245,19 +234,8 @@ void cpu_step_backward(const at::Tensor& gates, const at::Tensor& c, const at::T
   acc_t* dcs = dc.data_ptr<acc_t>();
   scalar_t* dp = d_pre.data_ptr<scalar_t>();
   at::parallel_for(0, B, grain_rows(H), [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const acc_t* row = g + b * 4 * H;
-      scalar_t* out = dp + b * 4 * H;
-      for (int64_t u = 0; u < H; ++u) {
-        const int64_t i = b * H + u;
-        const auto r = cell::backward(row[u], row[H + u], row[2 * H + u], row[3 * H + u], cs[i], cp[i], dhs[i], dcs[i]);
-        out[u] = static_cast<scalar_t>(r.d_i);
-        out[H + u] = static_cast<scalar_t>(r.d_f);
-        out[2 * H + u] = static_cast<scalar_t>(r.d_g);
-        out[3 * H + u] = static_cast<scalar_t>(r.d_o);
-        dcs[i] = r.dc_carry;
-      }
-    }
+    for (int64_t b = b0; b < b1; ++b)
+      cpu::cell_backward_row(H, g + b * 4 * H, cs + b * H, cp + b * H, dhs + b * H, dcs + b * H, dp + b * 4 * H);
   });
 }
 

@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "cpu/cpu_utils.h"
-#include "lstm_cell.h"
+#include "cpu/cell_rows.h"
 
 namespace lstm_attn::lstm {
 namespace {
@@ -255,18 +255,10 @@ void forward_scalar(ForwardState& f) {
           }
           product(h_at(l, t, bb), w.w_hh[l], H);
           acc_t* cb = c.get() + (l * rows + bb - b0) * H;
-          scalar_t* h = h_at(l, t + 1, bb);
-          for (int64_t u = 0; u < H; ++u) {
-            const auto r = cell::forward(pre[u], pre[H + u], pre[2 * H + u], pre[3 * H + u], cb[u]);
-            cb[u] = r.c;
-            h[u] = static_cast<scalar_t>(r.h);
-            if (gates == nullptr) continue;
-            acc_t* g = gates + ((l * T + t) * B + bb) * 4 * H + u;
-            g[0] = r.i;
-            g[H] = r.f;
-            g[2 * H] = r.g;
-            g[3 * H] = r.o;
-            cells[((l * T + t) * B + bb) * H + u] = r.c;
+          cpu::cell_forward_row(H, pre.get(), cb, cb, h_at(l, t + 1, bb));
+          if (gates != nullptr) {
+            std::copy_n(pre.get(), 4 * H, gates + ((l * T + t) * B + bb) * 4 * H);
+            std::copy_n(cb, H, cells + ((l * T + t) * B + bb) * H);
           }
         }
     for (int64_t l = 0; l < L; ++l)
@@ -324,16 +316,7 @@ void backward_scalar(BackwardState& b, const at::Tensor& dy_t) {
           const acc_t* g = gates + ((l * T + t) * B + bb) * 4 * H;
           const acc_t* c = cells + ((l * T + t) * B + bb) * H;
           const acc_t* cp = t > 0 ? c - B * H : c0 + (l * B + bb) * H;
-          scalar_t* out = d_at(l, t, bb);
-          acc_t* dcb = dc.get() + (l * rows + bb - b0) * H;
-          for (int64_t u = 0; u < H; ++u) {
-            const auto r = cell::backward(g[u], g[H + u], g[2 * H + u], g[3 * H + u], c[u], cp[u], dh[u], dcb[u]);
-            out[u] = static_cast<scalar_t>(r.d_i);
-            out[H + u] = static_cast<scalar_t>(r.d_f);
-            out[2 * H + u] = static_cast<scalar_t>(r.d_g);
-            out[3 * H + u] = static_cast<scalar_t>(r.d_o);
-            dcb[u] = r.dc_carry;
-          }
+          cpu::cell_backward_row(H, g, c, cp, dh.get(), dc.get() + (l * rows + bb - b0) * H, d_at(l, t, bb));
         }
     for (int64_t l = 0; l < L; ++l)
       for (int64_t bb = b0; bb < b1; ++bb) {
