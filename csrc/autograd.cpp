@@ -106,6 +106,9 @@ class Lstm : public torch::autograd::Function<Lstm> {
     auto [output, h_n, c_n, hidden, cell, gates] = fwd.call(x, weights, h0, c0, dropout_mask, for_backward, plan);
     ctx->saved_data["plan"] = std::string(plan);
     ctx->mark_non_differentiable({hidden, cell, gates});
+    // Materialized, the gradients of hidden, cell and gates would be zero-filled tensors as large as the workspace
+    // on every backward, only to be ignored; backward makes zeros of the three it reads instead.
+    ctx->set_materialize_grads(false);
     std::vector<at::Tensor> saved{x, h0, c0, dropout_mask.value_or(at::Tensor()), hidden, cell, gates};
     saved.insert(saved.end(), weights.begin(), weights.end());
     ctx->save_for_backward(saved);
@@ -122,10 +125,16 @@ class Lstm : public torch::autograd::Function<Lstm> {
     const auto s = ctx->get_saved_variables();
     const at::TensorList weights(s.data() + 7, s.size() - 7);
     const std::optional<at::Tensor> mask = s[3].defined() ? std::optional<at::Tensor>(s[3]) : std::nullopt;
-    // grads[0..2] (output, h_n, c_n) are zeros where nothing used them (materialized, as in AttentionLayerNorm).
+    // grads[0..2] (output, h_n, c_n): zeros where nothing used them.
+    const at::Tensor& x = s[0];
+    const int64_t L = s[1].size(0), B = s[1].size(1), H = s[1].size(2);
+    const auto or_zeros = [&](const at::Tensor& g, at::IntArrayRef shape) {
+      return g.defined() ? g : at::zeros(shape, x.options());
+    };
     const std::string plan = ctx->saved_data["plan"].toStringRef();
-    auto [dx, dweights, dh0, dc0] = bwd.call(grads[0], grads[1], grads[2], s[0], weights, s[1], s[2], mask, s[4],
-                                             s[5], s[6], plan);
+    auto [dx, dweights, dh0, dc0] =
+        bwd.call(or_zeros(grads[0], {x.size(0), x.size(1), H}), or_zeros(grads[1], {L, B, H}),
+                 or_zeros(grads[2], {L, B, H}), x, weights, s[1], s[2], mask, s[4], s[5], s[6], plan);
     tensor_list out{dx};
     out.insert(out.end(), dweights.begin(), dweights.end());
     // No gradient for dropout_mask, for_backward, plan.

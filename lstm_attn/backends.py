@@ -30,13 +30,13 @@ AUTO_GPU_WHEN = {
     "triton": lambda dtype, head_dim: False,
 }
 
-# The LSTM (lstm_attn.lstm) has its own choice. On CPU "auto" keeps PyTorch's LSTM (reference): oneDNN fuses it,
-# and the cpu backend's LSTM is the step-by-step plan, there to test the CUDA kernels' arithmetic, not to be fast
-# (forward+backward, B=32 T=256 H=128, 2 layers, float32, 2-core AMD EPYC, 2026-12-01: 192 ms against 414 ms).
-# On a GPU "auto" takes the cuda backend's fused LSTM kernels only where a measured run showed them faster than
-# cuDNN's; they have not run on a GPU yet, so nowhere so far.
-AUTO_LSTM_ORDER = {"cuda": ("cuda", "reference"), "cpu": ("reference",)}
-AUTO_GPU_LSTM_WHEN = {"cuda": lambda dtype, hidden_size: False}
+# The LSTM (lstm_attn.lstm) has its own choice. On CPU "auto" takes the cpu backend where the plan table's row says
+# its plan was measured faster than PyTorch's LSTM (oneDNN): the fused plan in float32 (lstm_attn/plans.py names the
+# result file); elsewhere PyTorch's LSTM. On a GPU "auto" takes the cuda backend's fused LSTM kernels only where a
+# measured run showed them faster than cuDNN's; they have not run on a GPU yet, so nowhere so far.
+AUTO_LSTM_ORDER = {"cuda": ("cuda", "reference"), "cpu": ("cpu", "reference")}
+AUTO_LSTM_WHEN = {"cuda": lambda dtype, hidden_size: False,
+                  "cpu": lambda dtype, hidden_size: plans.beats_reference("cpu", "lstm", dtype, hidden_size)}
 
 # Backends seen to fail on a given GPU architecture: "auto" skips them there and available_backends says why.
 # Filled from real runs only (see benchmarks/device_check.sh); key (backend, "sm_XY").
@@ -271,10 +271,10 @@ def _resolve(backend: str, device, dtype: torch.dtype, head_dim: int, op: str) -
     check_backend_name(backend)
     device = _as_device(device)
     if backend == "auto":
-        order, when = (AUTO_LSTM_ORDER, AUTO_GPU_LSTM_WHEN) if op == "lstm" else (AUTO_ORDER, AUTO_GPU_WHEN)
+        order, when = (AUTO_LSTM_ORDER, AUTO_LSTM_WHEN) if op == "lstm" else (AUTO_ORDER, AUTO_GPU_WHEN)
         for name in order.get(device.type, ("reference",)):
             candidate = _REGISTRY[name]
-            if device.type == "cuda" and not when.get(name, lambda *_: True)(dtype, head_dim):
+            if not when.get(name, lambda *_: True)(dtype, head_dim):
                 continue
             if candidate.status(device).available and candidate.unsupported_reason(dtype, head_dim, op) is None:
                 return candidate

@@ -38,10 +38,18 @@ def cpu_autocast_lstm_error(dtype: torch.dtype) -> str | None:
     return _cpu_autocast_lstm_error(dtype)
 
 
+def cpu_simd() -> str:
+    """The widest vector instruction set of this CPU that torch dispatches to: "avx512", "avx2" or "default". The
+    fused CPU LSTM picks its float32 kernels from the same cpuid bits (AVX-512 F/BW/VL/DQ; AVX2 with FMA; else
+    SSE2); its plans "fused-avx2" and "fused-sse2" cap them below what the CPU has."""
+    return torch.backends.cpu.get_cpu_capability().lower()
+
+
 def describe() -> dict:
     """The CPU facts the package depends on, as plain values (recorded with every CPU benchmark)."""
     return {
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_simd": cpu_simd(),
         "torch_threads": torch.get_num_threads(),
         "autocast_lstm": {
             str(dtype).removeprefix("torch."): cpu_autocast_lstm_error(dtype) or "supported"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from lstm_attn import backends
@@ -50,12 +51,29 @@ def lstm(x: Tensor, weights, h0: Tensor | None = None, c0: Tensor | None = None,
          training: bool = False, backend: str = "auto") -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """nn.LSTM(batch_first=True) as a function of its flat weights: returns (output, (h_n, c_n)).
 
-    x: (B, T, input_size). weights: [weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0, weight_ih_l1, ...] in the
-    order nn.LSTM._flat_weights holds them, so `lstm(x, m._flat_weights)` runs module m; gates i, f, g, o. h0, c0:
-    (num_layers, B, H), zeros when None. dropout: the probability of dropping each layer's output on its way to
-    the next, in training only (nn.LSTM's dropout). Differentiable in x, h0, c0 and every weight. output
-    (B, T, H), h_n and c_n (num_layers, B, H). backend: "auto", "reference" (PyTorch's LSTM), "cpu" or "cuda".
+    x: (B, T, input_size), or (T, input_size) unbatched. weights: [weight_ih_l0, weight_hh_l0, bias_ih_l0,
+    bias_hh_l0, weight_ih_l1, ...] in the order nn.LSTM._flat_weights holds them, so `lstm(x, m._flat_weights)` runs
+    module m; without the biases for an nn.LSTM(bias=False); gates i, f, g, o. (Bidirectional and proj_size > 0 are
+    refused.) h0, c0: (num_layers, B, H), or (num_layers, H) unbatched; zeros when None. dropout: the probability of
+    dropping each layer's output on its way to the next, in training only (nn.LSTM's dropout). Differentiable in x,
+    h0, c0 and every weight. output (B, T, H), h_n and c_n (num_layers, B, H), unbatched without B. backend: "auto",
+    "reference" (PyTorch's LSTM), "cpu" or "cuda".
     """
-    check_lstm(x, weights, h0, c0, dropout, training)
-    impl = backends.resolve(backend, x.device, x.dtype, weights[1].shape[1], op="lstm")
-    return impl.lstm(x, list(weights), h0, c0, float(dropout), training)
+    has_bias = check_lstm(x, weights, h0, c0, dropout, training)
+    weights = list(weights)
+    H = weights[1].shape[1]
+    if not has_bias:
+        # Zero biases add exactly nothing: every backend takes four tensors per layer.
+        zeros = x.new_zeros(4 * H)
+        weights = [w for i in range(0, len(weights), 2) for w in (weights[i], weights[i + 1], zeros, zeros)]
+    unbatched = x.dim() == 2
+    if unbatched:
+        x, h0, c0 = x.unsqueeze(0), *(None if t is None else t.unsqueeze(1) for t in (h0, c0))
+    # Under autocast the LSTM runs in the autocast dtype: its kernels are chosen for that dtype.
+    device = x.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+    impl = backends.resolve(backend, x.device, dtype, H, op="lstm")
+    output, (h_n, c_n) = impl.lstm(x, weights, h0, c0, float(dropout), training)
+    if unbatched:
+        return output.squeeze(0), (h_n.squeeze(1), c_n.squeeze(1))
+    return output, (h_n, c_n)

@@ -20,7 +20,9 @@ The plans:
   "matmul" (the products as torch GEMMs, softmax, residual and LayerNorm in Triton row kernels).
 - cuda lstm (csrc/cuda/lstm/): "fused" (persistent cluster kernels, a layer group's whole recurrence per launch)
   and "stepwise" (a cuBLAS product and an elementwise kernel per step).
-- cpu lstm (csrc/cpu/lstm.cpp): "stepwise" (an ATen product and a cell loop per step).
+- cpu lstm (csrc/cpu/): "fused" (lstm_fused.h: every layer's recurrence in one parallel region, a batch slice per
+  thread, the step's product in a register-blocked kernel with the cell in its epilogue) and "stepwise" (lstm.cpp: an
+  ATen product and a cell loop per step; the CUDA step kernels' CPU mirror for the tests, in no table row).
 
 Forcing a plan: LSTM_ATTN_PLAN_<BACKEND>_<OP>=<plan>, e.g. LSTM_ATTN_PLAN_CUDA_ATTENTION=flash or
 LSTM_ATTN_PLAN_CUDA_LSTM=stepwise, read once, when this module is first imported. A forced plan runs wherever it can;
@@ -38,6 +40,7 @@ from typing import Callable
 
 import torch
 
+from lstm_attn import cpu_features
 from lstm_attn.limits import (ALL_FLOATS as _ALL, FLASH_MAX_HEAD_DIM, FUSED_LSTM_MAX_HIDDEN, GPU_FLOATS as _GPU,
                               GPU_MAX_HEAD_DIM, HALF_FLOATS as _16BIT)
 
@@ -59,6 +62,9 @@ class Row:
     max_keys: int | None = None  # attention's Tk; None: any
     min_queries: int | None = None  # attention's Tq; None: any
     evidence: str = ""  # the measurement behind the row, or why there is none
+    # Whether the evidence shows the plan faster than the reference backend (PyTorch's own op) at these inputs: where
+    # it does, backend="auto" takes this backend (lstm_attn.backends; so far read for the CPU LSTM only).
+    beats_reference: bool = False
 
 
 _FP32_PRECISION = getattr(torch._C, "_get_fp32_precision_getter", None)  # per-operator settings (torch >= 2.9)
@@ -85,6 +91,10 @@ def _fused_lstm_device_reason(dtype: torch.dtype, hidden: int, device: torch.dev
     return _cuda_lstm_fused_reason(dtype, hidden, device, cudnn_rnn_allows_tf32())
 
 
+def _cpu_lstm_avx2_reason(dtype: torch.dtype, hidden: int, device: torch.device) -> str | None:
+    return None if cpu_features.cpu_simd() in ("avx2", "avx512") else "plan 'fused-avx2' needs a CPU with AVX2 and FMA"
+
+
 CAN_RUN: dict[tuple[str, str], dict[str, Capability]] = {
     ("cuda", "attention"): {
         "tiled": Capability(_GPU, GPU_MAX_HEAD_DIM),
@@ -106,6 +116,11 @@ CAN_RUN: dict[tuple[str, str], dict[str, Capability]] = {
         "stepwise": Capability(_GPU),
     },
     ("cpu", "lstm"): {
+        "fused": Capability(_ALL),
+        # The fused plan with its float32 kernels capped below what the CPU has: tests and measurements of the
+        # AVX2 and baseline kernels on a wider CPU.
+        "fused-avx2": Capability(_ALL, device_reason=_cpu_lstm_avx2_reason),
+        "fused-sse2": Capability(_ALL),
         "stepwise": Capability(_ALL),
     },
 }
@@ -114,6 +129,7 @@ CAN_RUN: dict[tuple[str, str], dict[str, Capability]] = {
 KEEPS_PROBS = ("gemm", "gemm3xtf32")
 
 _RUN5 = "benchmarks/results/bench-nvidia-h200-2026-11-27-run5.json"
+_CPU_RUN = "benchmarks/results/cpu-intel-xeon-2026-12-06.json"
 
 # First matching row whose plan can run wins.
 TABLES: dict[tuple[str, str], tuple[Row, ...]] = {
@@ -147,7 +163,12 @@ TABLES: dict[tuple[str, str], tuple[Row, ...]] = {
         Row("stepwise", _GPU, evidence="the fallback: every size the fused kernels do not take"),
     ),
     ("cpu", "lstm"): (
-        Row("stepwise", _ALL, evidence="the only CPU plan so far"),
+        Row("fused", (torch.float32,), 256, beats_reference=True, evidence=f"{_CPU_RUN} (and its -run2): "
+            "forward+backward 1.26-2.21x oneDNN's LSTM at B 16-256, H 64 and 128 (2 threads, Xeon AVX-512); the "
+            "model's step 2.3-2.6x the seed's. Forward alone 0.94-1.44x: behind at B = 256, H = 128. H 129-256 "
+            "unmeasured, by extension"),
+        Row("fused", _ALL, evidence="float64 (for gradcheck), 16-bit and H > 256 run the same structure (16-bit and "
+            "float64 in scalar code) unmeasured against oneDNN: auto keeps PyTorch's LSTM there"),
     ),
 }
 
@@ -210,13 +231,23 @@ def choose(backend: str, op: str, dtype: torch.dtype, size: int, *, queries: int
 def _choose(backend, op, dtype, size, queries, keys, device, forced, _tf32) -> str:
     if forced is not None and can_run(backend, op, forced, dtype, size, device):
         return forced
+    return _row(backend, op, dtype, size, queries, keys, device).plan
+
+
+def _row(backend, op, dtype, size, queries=None, keys=None, device=None) -> Row:
     for row in TABLES[(backend, op)]:
         if (dtype in row.dtypes and (row.max_size is None or size <= row.max_size)
                 and (row.max_keys is None or keys is None or keys <= row.max_keys)
                 and (row.min_queries is None or (queries is not None and queries >= row.min_queries))
                 and can_run(backend, op, row.plan, dtype, size, device)):
-            return row.plan
+            return row
     raise ValueError(f"no {backend} {op} plan for {dtype} with H = {size}")
+
+
+@functools.lru_cache(maxsize=256)
+def beats_reference(backend: str, op: str, dtype: torch.dtype, size: int) -> bool:
+    """Whether the table's row for these inputs says its plan was measured faster than the reference backend."""
+    return _row(backend, op, dtype, size).beats_reference
 
 
 @contextlib.contextmanager

@@ -101,39 +101,73 @@ def check_softmax_pool(x, u, c) -> None:
 _LSTM_WEIGHT_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
 
-def check_lstm(x, weights, h0, c0, dropout, training) -> None:
-    _check_tensor("x", x, 3, "(B, T, input_size); batch_first, as nn.LSTM(batch_first=True) takes it")
-    _, T, input_size = x.shape
-    _check_positive("x", T, "T (dim 1)")
-    _check_positive("x", input_size, "input_size (dim 2)")
+def _lstm_layout(weights, input_size: int) -> tuple[int, int]:
+    """(tensors per layer: 4 with biases, 2 without; H) of nn.LSTM flat weights, refusing, by name, what an nn.LSTM
+    with proj_size > 0 or bidirectional=True holds: told apart by shape (an nn.LSTM(I, H, 1, bidirectional=True)
+    with I = H is the one case that reads as a valid 2-layer LSTM)."""
     if not isinstance(weights, (list, tuple)) or not all(isinstance(w, torch.Tensor) for w in weights):
         raise TypeError("weights must be a list of tensors: an nn.LSTM's _flat_weights "
                         "[weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0, weight_ih_l1, ...]")
-    if len(weights) == 0 or len(weights) % 4:
-        raise ValueError(f"weights must hold four tensors per layer (weight_ih, weight_hh, bias_ih, bias_hh), as an "
-                         f"nn.LSTM with bias=True and proj_size=0 holds them; got {len(weights)}")
+    if len(weights) < 2:
+        raise ValueError(f"weights must hold weight_ih and weight_hh per layer (and bias_ih, bias_hh with "
+                         f"bias=True), as nn.LSTM._flat_weights holds them; got {len(weights)} tensors")
     _check_tensor("weights[1] (weight_hh_l0)", weights[1], 2, "(4H, H)")
-    hidden = weights[1].shape[1]
+    rows, cols = weights[1].shape
+    if rows % 4 == 0 and rows > 0 and cols != rows // 4:
+        raise ValueError(f"weights[1] (weight_hh_l0) has shape {tuple(weights[1].shape)}, not (4H, H): the flat "
+                         f"weights of an nn.LSTM with proj_size = {cols} > 0, which lstm_attn.lstm does not support "
+                         f"(proj_size must be 0)")
+    hidden = cols
+    per_layer = 4 if len(weights) > 2 and weights[2].dim() == 1 else 2
+    for i in range(per_layer, len(weights), per_layer):
+        w = weights[i]
+        if isinstance(w, torch.Tensor) and w.dim() == 2 and w.shape[0] == 4 * hidden and hidden > 0:
+            layer = i // per_layer
+            if w.shape[1] == 2 * hidden or (layer % 2 == 1 and w.shape[1] == input_size != hidden):
+                raise ValueError(f"weights[{i}] has shape {tuple(w.shape)}: the flat weights of a bidirectional "
+                                 f"nn.LSTM (its reverse direction or a layer above it), which lstm_attn.lstm does "
+                                 f"not support (bidirectional must be False)")
+    if len(weights) % per_layer:
+        raise ValueError(f"weights must hold four tensors per layer (weight_ih, weight_hh, bias_ih, bias_hh), or two "
+                         f"(weight_ih, weight_hh) for an nn.LSTM with bias=False, as nn.LSTM._flat_weights holds "
+                         f"them; got {len(weights)}, which is neither for weights[2] of dim {weights[2].dim()}")
+    return per_layer, hidden
+
+
+def check_lstm(x, weights, h0, c0, dropout, training) -> bool:
+    """Checks lstm_attn.lstm's arguments; returns whether the weights include biases (nn.LSTM's bias=True)."""
+    _check_tensor("x", x, x.dim() if isinstance(x, torch.Tensor) and x.dim() in (2, 3) else 3,
+                  "(B, T, input_size), batch_first as nn.LSTM(batch_first=True) takes it, or (T, input_size) "
+                  "unbatched")
+    batched = x.dim() == 3
+    T, input_size = x.shape[-2:]
+    _check_positive("x", T, f"T (dim {x.dim() - 2})")
+    _check_positive("x", input_size, f"input_size (dim {x.dim() - 1})")
+    per_layer, hidden = _lstm_layout(weights, input_size)
     _check_positive("weights[1] (weight_hh_l0)", hidden, "H (dim 1)")
+    names = _LSTM_WEIGHT_NAMES[:per_layer]
     named = {"x": x}
     for i, w in enumerate(weights):
-        layer, kind = divmod(i, 4)
-        name = f"weights[{i}] ({_LSTM_WEIGHT_NAMES[kind]}_l{layer})"
+        layer, kind = divmod(i, per_layer)
+        name = f"weights[{i}] ({names[kind]}_l{layer})"
         expected = ((4 * hidden, input_size if layer == 0 else hidden), (4 * hidden, hidden), (4 * hidden,),
                     (4 * hidden,))[kind]
         if tuple(w.shape) != expected:
             raise ValueError(f"{name} has shape {tuple(w.shape)}; expected {expected} for H = {hidden}"
                              f"{' and input_size = ' + str(input_size) if kind == 0 and layer == 0 else ''}")
         named[name] = w
-    expected = (len(weights) // 4, x.shape[0], hidden)
+    layers = len(weights) // per_layer
+    expected = (layers, x.shape[0], hidden) if batched else (layers, hidden)
+    what = "(num_layers, B, H)" if batched else "(num_layers, H) for an unbatched x"
     for name, t in (("h0", h0), ("c0", c0)):
         if t is not None:
-            _check_tensor(name, t, 3, "(num_layers, B, H)")
+            _check_tensor(name, t, len(expected), what)
             if tuple(t.shape) != expected:
-                raise ValueError(f"{name} has shape {tuple(t.shape)}; expected (num_layers, B, H) = {expected}")
+                raise ValueError(f"{name} has shape {tuple(t.shape)}; expected {what} = {expected}")
             named[name] = t
     _check_same_device_and_dtype(named)
     if not (_is_number(dropout) and 0 <= dropout <= 1):
         raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
     if not isinstance(training, bool):
         raise TypeError(f"training must be a bool, got {training!r}")
+    return per_layer == 4

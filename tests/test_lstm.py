@@ -26,9 +26,12 @@ GPU_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def params(shapes_cpu=CPU_SHAPES, shapes_gpu=GPU_SHAPES):
-    out = [pytest.param("cpu", "cpu", s, d, id=f"cpu-{str(d)[6:]}-" + "x".join(map(str, s)))
-           for s, d in itertools.product(shapes_cpu, CPU_DTYPES)]
-    out += [pytest.param("cuda", "cuda", s, d, marks=pytest.mark.gpu, id=f"cuda-{str(d)[6:]}-" + "x".join(map(str, s)))
+    """(backend, device, shape, dtype, plan): on CPU both plans (fused, the table's; stepwise, the CUDA step kernels'
+    mirror); on a GPU the table's."""
+    out = [pytest.param("cpu", "cpu", s, d, p, id=f"cpu-{p}-{str(d)[6:]}-" + "x".join(map(str, s)))
+           for s, d, p in itertools.product(shapes_cpu, CPU_DTYPES, ("fused", "stepwise"))]
+    out += [pytest.param("cuda", "cuda", s, d, None, marks=pytest.mark.gpu,
+                         id=f"cuda-{str(d)[6:]}-" + "x".join(map(str, s)))
             for s, d in itertools.product(shapes_gpu, GPU_DTYPES)]
     return out
 
@@ -75,13 +78,13 @@ def tf32(allowed: bool):
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-@pytest.mark.parametrize("backend, device, shape, dtype", params())
-def test_parity_with_pytorchs_lstm_in_float64(backend, device, shape, dtype):
+@pytest.mark.parametrize("backend, device, shape, dtype, plan", params())
+def test_parity_with_pytorchs_lstm_in_float64(backend, device, shape, dtype, plan):
     """float32 (TF32 off) and float64 to the tight rule; 16 bits within twice PyTorch's own LSTM's error in that
     dtype on the same device (cuDNN on a GPU)."""
     require_backend(backend, device)
     inputs = lstm_inputs(*shape)
-    with tf32(False):
+    with tf32(False), plans.forcing(backend, "lstm", plan):
         got = forward_backward(inputs, dtype, device, backend)
         lowp = forward_backward(inputs, dtype, device, "reference") if dtype in (torch.bfloat16, torch.float16) \
             else [None] * len(got)
@@ -253,8 +256,11 @@ def test_cpu_autocast_runs_in_the_autocast_dtype_with_float32_gradients():
     assert all(w.grad is not None and w.grad.dtype == torch.float32 for w in weights)
 
 
-def test_auto_keeps_pytorchs_lstm_until_the_fused_kernels_are_measured():
-    assert backends.resolve("auto", "cpu", torch.float32, 128, op="lstm").name == "reference"
+def test_auto_takes_the_cpu_lstm_only_where_its_plan_beats_pytorchs():
+    """The plan table decides (tests/test_lstm_cpu.py has the fused plan's own checks): float32 up to H = 256 runs
+    the fused plan under auto, the rest PyTorch's LSTM."""
+    assert backends.resolve("auto", "cpu", torch.float32, 128, op="lstm").name == "cpu"
+    assert backends.resolve("auto", "cpu", torch.float32, 512, op="lstm").name == "reference"
     assert backends.resolve("cpu", "cpu", torch.float64, 128, op="lstm").name == "cpu"
     with pytest.raises(ValueError, match="has no LSTM kernels"):
         backends.resolve("triton", "cpu", torch.float32, 128, op="lstm")
@@ -263,6 +269,39 @@ def test_auto_keeps_pytorchs_lstm_until_the_fused_kernels_are_measured():
 
     for backend, lstm_backend in (("auto", "auto"), ("reference", "reference"), ("cpu", "cpu"), ("triton", "auto")):
         assert LSTMWithAttention(2, 4, 1, 0.0, backend=backend).lstm_backend == lstm_backend
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("kind", ["bias=False", "unbatched", "unbatched bias=False"])
+def test_takes_what_nn_lstm_takes(backend, kind):
+    """nn.LSTM(batch_first=True, bias=False) and unbatched (T, I) input with (L, H) states, on every backend."""
+    torch.manual_seed(0)
+    module = torch.nn.LSTM(3, 5, 3, batch_first=True, bias="bias=False" not in kind).double()
+    x = torch.randn(4, 7, 3, dtype=torch.float64, requires_grad=True)
+    h0, c0 = (torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    if "unbatched" in kind:
+        x, h0, c0 = (t.detach()[0 if t is x else (slice(None), 0)].requires_grad_() for t in (x, h0, c0))
+    results = []
+    for run in ("module", "op"):
+        leaves = [x, h0, c0, *module._flat_weights]
+        if run == "module":
+            out, (h_n, c_n) = module(x, (h0, c0))
+        else:
+            out, (h_n, c_n) = lstm_attn.lstm(x, module._flat_weights, h0, c0, backend=backend)
+        results.append([out, h_n, c_n, *torch.autograd.grad((out.sum() + h_n.sum() + c_n.square().sum()), leaves)])
+    for i, (a, b) in enumerate(zip(*results)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=lambda m, i=i: f"result {i}: {m}")
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"bidirectional": True}, "bidirectional"), ({"bidirectional": True, "num_layers": 2}, "bidirectional"),
+    ({"bidirectional": True, "num_layers": 2, "bias": False}, "bidirectional"), ({"proj_size": 3}, "proj_size"),
+    ({"proj_size": 2, "num_layers": 2, "bias": False}, "proj_size")], ids=str)
+def test_bidirectional_and_projections_are_refused_by_name(options, message):
+    module = torch.nn.LSTM(4, 6, batch_first=True, **options)
+    for backend in ("reference", "cpu"):
+        with pytest.raises(ValueError, match=message):
+            lstm_attn.lstm(torch.randn(2, 3, 4), module._flat_weights, backend=backend)
 
 
 @pytest.mark.gpu
@@ -327,7 +366,8 @@ def _bad(**changes):
 
 
 @pytest.mark.parametrize("args, error, message", [
-    (_bad(x=lambda a: a["x"][0]), ValueError, "x must be 3-D"),
+    (_bad(x=lambda a: a["x"][0, 0]), ValueError, "x must be 3-D"),
+    (_bad(x=lambda a: a["x"][0]), ValueError, "h0 must be 2-D .num_layers, H. for an unbatched x"),
     (_bad(x=lambda a: a["x"][:, :0]), ValueError, "T .dim 1. = 0"),
     (_bad(weights=lambda a: a["weights"][:6]), ValueError, "four tensors per layer"),
     (_bad(weights=lambda a: a["weights"][:1] + [1.0] + a["weights"][2:]), TypeError, "list of tensors"),
@@ -341,7 +381,7 @@ def _bad(**changes):
     (_bad(x=lambda a: a["x"].int()), TypeError, "x has dtype torch.int32"),
     (_bad(dropout=1.5), ValueError, "dropout must be a number in"),
     (_bad(training=1), TypeError, "training must be a bool"),
-], ids=["x-2d", "T0", "five-weights", "not-a-tensor", "w_ih-shape", "bias-shape", "weight-dtype", "h0-shape",
+], ids=["x-1d", "unbatched-h0", "T0", "five-weights", "not-a-tensor", "w_ih-shape", "bias-shape", "weight-dtype", "h0-shape",
         "c0-dtype", "int-x", "dropout", "training"])
 def test_bad_input_is_refused_naming_the_argument(args, error, message):
     with pytest.raises(error, match=message):

@@ -276,7 +276,8 @@ def test_bf16_autocast_runs_and_stays_close(backend, device, cpu_bf16_lstm_missi
     seed_falls_back = cpu_bf16_lstm_missing and device == "cpu"
     seed, ours = pair(3, 32, 2, backend, device, dropout=0.0)
     # Only PyTorch's LSTM needs oneDNN's bfloat16 primitive; the package's own LSTM kernels run bfloat16 anywhere.
-    lstm_kernels = lstm_attn.backends.resolve(ours.lstm_backend, device, torch.float32, 32, op="lstm").name
+    # Under autocast the LSTM's kernels are chosen for the autocast dtype.
+    lstm_kernels = lstm_attn.backends.resolve(ours.lstm_backend, device, torch.bfloat16, 32, op="lstm").name
     falls_back = seed_falls_back and lstm_kernels == "reference"
     x = torch.randn(4, 40, 3, device=device)
     exact = forward_backward(copy.deepcopy(seed).double(), x.double())

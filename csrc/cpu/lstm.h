@@ -60,11 +60,13 @@ using BackwardGroup = std::function<void(BackwardState&, int64_t l0, int64_t n, 
 using ForwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 using BackwardResult = std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor, at::Tensor>;
 
-// How a device runs the recurrences: groups of up to `group` layers, each by the two runners.
+// How a device runs the recurrences: groups of up to `group` layers, each by the two runners. A plan that computes
+// its bottom layer's input product inside its recurrence (own_input_projection) gets an undefined proj.
 struct Plan {
   int64_t group;
   ForwardGroup forward;
   BackwardGroup backward;
+  bool own_input_projection = false;
 };
 
 // lstm_fwd and lstm_bwd by a plan, for inputs that check_lstm_inputs (and, backward, check_lstm_saved and

@@ -1,7 +1,8 @@
 """The lstm case: lstm_attn.lstm forward+backward against PyTorch's own LSTM (cuDNN on a GPU, oneDNN on a CPU).
 
-A row is a 2-layer LSTM (batch_first, zero initial states, no dropout, input size 8) at (B, T, H), one forward and
-the gradients of the output, h_n and c_n with respect to x and every weight. Providers:
+A row is a 2-layer LSTM (batch_first, zero initial states, no dropout, input size 8) at (B, T, H): pass "fwd+bwd",
+one forward and the gradients of the output, h_n and c_n with respect to x and every weight; pass "fwd", the forward
+alone under torch.no_grad (inference). Providers:
   reference      lstm_attn.reference_ops.lstm, PyTorch's LSTM: the peer; its rows name the kernels cuDNN ran, which
                  say whether PyTorch chose the persistent algorithm or the per-step one
   cuda           lstm_attn.lstm(backend="cuda"): the fused kernels where they run, else the step-by-step plan
@@ -24,13 +25,13 @@ from lstm_attn.bench.group import Candidate, Group, Outputs, Runner, Work
 from lstm_attn.bench.options import LSTM_CASE, LSTM_INPUT_SIZE, LSTM_LAYERS
 
 CASE = LSTM_CASE
-PASS = "fwd+bwd"
+PASSES = ("fwd+bwd", "fwd")
 LAYERS, INPUT_SIZE = LSTM_LAYERS, LSTM_INPUT_SIZE
 DEFAULT_PROVIDERS = {"cuda": ("reference", "cuda", "cuda-stepwise"), "cpu": ("reference", "cpu")}
 
 
-def lstm_work(B: int, T: int, H: int, itemsize: int) -> Work:
-    flops = 3 * sum(8 * B * T * H * ((INPUT_SIZE if layer == 0 else H) + H) for layer in range(LAYERS))
+def lstm_work(B: int, T: int, H: int, itemsize: int, pass_: str = "fwd+bwd") -> Work:
+    flops = (3 if pass_ == "fwd+bwd" else 1) * sum(8 * B * T * H * ((INPUT_SIZE if layer == 0 else H) + H) for layer in range(LAYERS))
     params = sum(4 * H * ((INPUT_SIZE if layer == 0 else H) + H) + 8 * H for layer in range(LAYERS))
     # x read and its gradient written, the output's gradient read and the output written; weights read, their
     # gradients written.
@@ -54,20 +55,28 @@ class _Inputs:
         return wide
 
 
-def _call(provider: str, inputs: _Inputs) -> list[torch.Tensor]:
+def _call(provider: str, inputs: _Inputs, pass_: str = "fwd+bwd") -> list[torch.Tensor]:
+    if pass_ == "fwd":
+        with torch.no_grad():
+            return _forward(provider, inputs)
+    output, h_n, c_n = _forward(provider, inputs)
+    leaves = [inputs.x, *inputs.weights]
+    return [output, h_n, c_n, *torch.autograd.grad((output, h_n, c_n), leaves, inputs.grads_out)]
+
+
+def _forward(provider: str, inputs: _Inputs) -> list[torch.Tensor]:
     if provider == "reference":
         output, (h_n, c_n) = reference_ops.lstm(inputs.x, inputs.weights)
     else:
         with plans.forcing("cuda", "lstm", "stepwise" if provider == "cuda-stepwise" else None):
             output, (h_n, c_n) = lstm_attn.lstm(inputs.x, inputs.weights,
                                                 backend="cuda" if provider.startswith("cuda") else provider)
-    leaves = [inputs.x, *inputs.weights]
-    return [output, h_n, c_n, *torch.autograd.grad((output, h_n, c_n), leaves, inputs.grads_out)]
+    return [output, h_n, c_n]
 
 
-def _outputs(provider: str, inputs: _Inputs) -> Outputs:
+def _outputs(provider: str, inputs: _Inputs, pass_: str = "fwd+bwd") -> Outputs:
     names = ["output", "h_n", "c_n", "grad x", *(f"grad weights[{i}]" for i in range(len(inputs.weights)))]
-    return {name: t.detach() for name, t in zip(names, _call(provider, inputs))}
+    return {name: t.detach() for name, t in zip(names, _call(provider, inputs, pass_))}
 
 
 def cudnn_kernels(inputs: _Inputs) -> str:
@@ -90,25 +99,25 @@ def _unavailable(provider: str, device: torch.device) -> str | None:
 
 
 def lstm_group(dtype_label: str, B: int, T: int, H: int, providers: list[str], device: torch.device, seed: int,
-               timings: tuple[str, ...] = ("eager",)) -> Group:
+               timings: tuple[str, ...] = ("eager",), pass_: str = "fwd+bwd") -> Group:
     dtype = DTYPES[dtype_label]
-    work = lstm_work(B, T, H, torch.finfo(dtype).bits // 8)
+    work = lstm_work(B, T, H, torch.finfo(dtype).bits // 8, pass_)
     torch.manual_seed(seed)
     generator = torch.Generator(device).manual_seed(seed)
     sets = [_Inputs(B, T, H, dtype, device, generator) for _ in range(input_sets(work.bytes, device))]
     checked = _Inputs(min(B, PARITY_ROWS), T, H, dtype, device, generator)
 
     def candidate(name: str) -> Candidate:
-        runner = lambda: Runner(lambda i: _call(name, sets[i]), lambda: _outputs(name, checked))  # noqa: E731
+        runner = lambda: Runner(lambda i: _call(name, sets[i], pass_), lambda: _outputs(name, checked, pass_))  # noqa: E731
         describe = (lambda: cudnn_kernels(checked)) if name == "reference" and device.type == "cuda" else None
         return Candidate(name, "peer" if name == "reference" else "ours", runner,
                          skip_reason=_unavailable(name, device), checked=name != "reference", describe=describe)
 
     def expected():
-        return ({k: v.to(device) for k, v in _outputs("reference", checked.wide()).items()},
-                _outputs("reference", checked))
+        return ({k: v.to(device) for k, v in _outputs("reference", checked.wide(), pass_).items()},
+                _outputs("reference", checked, pass_))
 
-    return Group(CASE, PASS, dtype, {"B": B, "T": T, "H": H, "input_size": INPUT_SIZE, "layers": LAYERS}, work,
+    return Group(CASE, pass_, dtype, {"B": B, "T": T, "H": H, "input_size": INPUT_SIZE, "layers": LAYERS}, work,
                  "reference", ("reference",), [candidate(n) for n in providers], expected, n_sets=len(sets),
                  dtype_label=dtype_label, timings=timings, context=lambda: precision(dtype_label))
 

@@ -104,10 +104,10 @@ def _autocast(device: torch.device, enabled: bool):
 class _Setting:
     """One group's data and the pristine weights every candidate starts from."""
 
-    def __init__(self, B, T, device, autocast: bool, seed: int, n_sets: int):
-        self.device, self.autocast = device, autocast
+    def __init__(self, B, T, device, autocast: bool, seed: int, n_sets: int, H: int = HIDDEN):
+        self.device, self.autocast, self.H = device, autocast, H
         torch.manual_seed(seed)
-        self.seed_model = reference.LSTMWithAttention(INPUT_SIZE, HIDDEN, LAYERS, 0.0).to(device)
+        self.seed_model = reference.LSTMWithAttention(INPUT_SIZE, H, LAYERS, 0.0).to(device)
         g = torch.Generator(device).manual_seed(seed)
         rand = lambda *s: torch.randn(*s, generator=g, device=device)  # noqa: E731
         self.batches = [(rand(B, T, INPUT_SIZE), rand(B, 1)) for _ in range(n_sets)]
@@ -115,14 +115,14 @@ class _Setting:
         # under this autocast setting.
         with _autocast(device, autocast):
             h_dtype = self.seed_model.lstm(self.batches[0][0][:1, :2])[0].dtype
-        self.hidden = [torch.tanh(rand(B, T, HIDDEN)).to(h_dtype) for _ in range(n_sets)]
-        self.grad_head = [rand(B, HIDDEN) for _ in range(n_sets)]
-        self.grad_lstm = [rand(B, T, HIDDEN) for _ in range(n_sets)]
+        self.hidden = [torch.tanh(rand(B, T, H)).to(h_dtype) for _ in range(n_sets)]
+        self.grad_head = [rand(B, H) for _ in range(n_sets)]
+        self.grad_lstm = [rand(B, T, H) for _ in range(n_sets)]
 
     def model(self, cls=None, **kwargs) -> torch.nn.Module:
         if cls is None:
             return copy.deepcopy(self.seed_model)
-        model = cls(INPUT_SIZE, HIDDEN, LAYERS, 0.0, **kwargs).to(self.device)
+        model = cls(INPUT_SIZE, self.H, LAYERS, 0.0, **kwargs).to(self.device)
         model.load_state_dict(self.seed_model.state_dict(), strict=True)
         return model
 
@@ -206,10 +206,11 @@ def _expected(pass_: str, setting: _Setting) -> tuple[Outputs, Outputs]:
                 _attention_outputs(setting.model(), h, g, False, setting.autocast))
 
 
-def model_group(pass_: str, dtype_label: str, B: int, T: int, device: torch.device, seed: int) -> Group:
+def model_group(pass_: str, dtype_label: str, B: int, T: int, device: torch.device, seed: int,
+                H: int = HIDDEN) -> Group:
     dtype, autocast, floor = DTYPES[dtype_label]
-    setting = _Setting(B, T, device, autocast, seed, n_sets=2)
-    work = model_work(pass_, B, T, INPUT_SIZE, HIDDEN, LAYERS, torch.finfo(dtype).bits // 8)
+    setting = _Setting(B, T, device, autocast, seed, n_sets=2, H=H)
+    work = model_work(pass_, B, T, INPUT_SIZE, H, LAYERS, torch.finfo(dtype).bits // 8)
 
     def seed_runner():
         return _runner(pass_, setting.model(), False, setting)
@@ -225,6 +226,6 @@ def model_group(pass_: str, dtype_label: str, B: int, T: int, device: torch.devi
             status = statuses[backend]
             candidates.append(Candidate(f"ours-{backend}", "ours", ours_runner,
                                         skip_reason=None if status.available else status.reason))
-    return Group(CASE, pass_, dtype, {"B": B, "T": T, "H": HIDDEN, "input_size": INPUT_SIZE, "layers": LAYERS},
+    return Group(CASE, pass_, dtype, {"B": B, "T": T, "H": H, "input_size": INPUT_SIZE, "layers": LAYERS},
                  work, REFERENCE, (REFERENCE,), candidates, lambda: _expected(pass_, setting), n_sets=2,
                  rule=relative_to_seed(floor), dtype_label=dtype_label)

@@ -76,10 +76,10 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                         "device time from CUDA-graph replay, and synchronised wall time per call")
     parser.add_argument("--host-shape", help="BxTxH of the host-cost rows (time to issue a call on an idle "
                         "device), or none (default: 1x16x64)")
-    parser.add_argument("--passes", default="fwd+bwd", help=f"{lists}, from {', '.join(OP_PASSES)} "
-                        "(default: %(default)s)")
-    parser.add_argument("--model-shapes", help=f"{lists} BxT of the model case, input {MODEL_INPUT_SIZE}, "
-                        f"H {MODEL_HIDDEN}, {MODEL_LAYERS} layers (default: cuda 256x256,256x1024; cpu 32x256)")
+    parser.add_argument("--passes", default="fwd+bwd", help=f"{lists}, from {', '.join(OP_PASSES)}; the "
+                        f"{LSTM_CASE} case takes fwd (inference) and fwd+bwd (default: %(default)s)")
+    parser.add_argument("--model-shapes", help=f"{lists} BxT (H {MODEL_HIDDEN}) or BxTxH of the model case, input "
+                        f"{MODEL_INPUT_SIZE}, {MODEL_LAYERS} layers (default: cuda 256x256,256x1024; cpu 32x256)")
     parser.add_argument("--model-dtypes", help=f"{lists}, from {', '.join(MODEL_DTYPES)}")
     parser.add_argument("--lstm-shapes", help=f"{lists} BxTxH of the {LSTM_CASE} case, {LSTM_LAYERS} layers, "
                         f"input {LSTM_INPUT_SIZE}, in --dtypes (default: cuda B 32,256 x T 256,1024 x H "

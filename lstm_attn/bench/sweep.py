@@ -40,7 +40,7 @@ class Config:
     passes: list[str]
     timings: tuple[str, ...]
     host_shape: tuple[int, int, int] | None
-    model_shapes: list[tuple[int, int]]
+    model_shapes: list[tuple[int, int, int]]  # (B, T, H)
     model_dtypes: list[str]
     lstm_shapes: list[tuple[int, int, int]]
     scaling_Ts: list[int]
@@ -61,8 +61,10 @@ def _dims(item: str, option: str, example: str) -> tuple[int, ...]:
     return tuple(positive_ints(",".join(parts), f"{option} item {item!r}"))
 
 
-def _model_shapes(text: str) -> list[tuple[int, int]]:
-    return [_dims(item, "--model-shapes", "256x1024") for item in text.split(",")]
+def _model_shapes(text: str) -> list[tuple[int, int, int]]:
+    """BxT items (H the model case's default) or BxTxH."""
+    return [_dims(item, "--model-shapes", "256x1024x128" if item.lower().count("x") == 2 else "256x1024")
+            + ((model_step.HIDDEN,) if item.lower().count("x") == 1 else ()) for item in text.split(",")]
 
 
 def _host_shape(text: str) -> tuple[int, int, int] | None:
@@ -162,18 +164,19 @@ def _group_specs(cfg: Config):
         names = list(lstm_rows.DEFAULT_PROVIDERS[cfg.device.type])
         for B, T, H in cfg.lstm_shapes:
             for dtype in cfg.dtypes:
-                specs.append((f"{lstm_rows.CASE} {dtype} B={B} T={T} H={H}", len(names) * len(cfg.timings),
-                              lambda d=dtype, B=B, T=T, H=H: lstm_rows.lstm_group(
-                                  d, B, T, H, names, cfg.device, cfg.seed, timings=cfg.timings)))
+                for pass_ in (p for p in lstm_rows.PASSES if p in cfg.passes):
+                    specs.append((f"{lstm_rows.CASE} {pass_} {dtype} B={B} T={T} H={H}", len(names) * len(cfg.timings),
+                                  lambda d=dtype, B=B, T=T, H=H, p=pass_: lstm_rows.lstm_group(
+                                      d, B, T, H, names, cfg.device, cfg.seed, timings=cfg.timings, pass_=p)))
     if model_step.CASE in cfg.cases:
         ours = len(model_step.OUR_BACKENDS[cfg.device.type])
-        for B, T in cfg.model_shapes:
+        for B, T, H in cfg.model_shapes:
             for dtype in cfg.model_dtypes:
                 for pass_ in model_step.PASSES:
-                    specs.append((f"{model_step.CASE} {pass_} {dtype} B={B} T={T}",
+                    specs.append((f"{model_step.CASE} {pass_} {dtype} B={B} T={T} H={H}",
                                   1 if pass_ == "lstm" else 1 + ours,
-                                  lambda p=pass_, d=dtype, B=B, T=T: model_step.model_group(
-                                      p, d, B, T, cfg.device, cfg.seed)))
+                                  lambda p=pass_, d=dtype, B=B, T=T, H=H: model_step.model_group(
+                                      p, d, B, T, cfg.device, cfg.seed, H=H)))
     return specs
 
 
