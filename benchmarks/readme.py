@@ -89,7 +89,7 @@ _SUMMARY_CASES = {
 
 
 _PEER_NAMES = {"seed": "the original model", "reference": "eager PyTorch", "sdpa": "SDPA", "compile": "torch.compile",
-               ("lstm", "reference"): "PyTorch's LSTM (oneDNN, cuDNN)"}
+               ("lstm", "reference"): "PyTorch's LSTM"}
 
 
 def _summary(paths: list[Path]) -> str:

@@ -21,22 +21,11 @@ BACKENDS = ("reference", "cpu", "cuda", "triton")
 # The order "auto" tries on each device type: fastest first.
 AUTO_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "reference")}
 
-# On a GPU, "auto" takes a fused backend only where a measured run showed it faster than the reference's eager
-# PyTorch (benchmarks/results/, NVIDIA H200, 2026-11-27, forward+backward at 16k tokens): "cuda" in bfloat16
-# up to H = 128 (1.1x to 1.9x). Everywhere else both fused GPU backends were slower, so "auto" keeps the
-# reference there; they stay available by name.
-AUTO_GPU_WHEN = {
-    "cuda": lambda dtype, head_dim: dtype == torch.bfloat16 and head_dim <= 128,
-    "triton": lambda dtype, head_dim: False,
-}
-
-# The LSTM (lstm_attn.lstm) has its own choice. On CPU "auto" takes the cpu backend where the plan table's row says
-# its plan was measured faster than PyTorch's LSTM (oneDNN): the fused plan in float32 (lstm_attn/plans.py names the
-# result file); elsewhere PyTorch's LSTM. On a GPU "auto" takes the cuda backend's fused LSTM kernels only where a
-# measured run showed them faster than cuDNN's; they have not run on a GPU yet, so nowhere so far.
+# "auto" walks the order of the device and the op and takes the first backend that can run the inputs and, but for the
+# reference, whose plan table (lstm_attn/plans.py) marks them beats_reference: a measurement, named on the row,
+# showed it faster than the reference there. On a GPU that is so far the cuda backend's attention at a few shapes;
+# on a CPU the cpu backend's attention and its float32 LSTM.
 AUTO_LSTM_ORDER = {"cuda": ("cuda", "reference"), "cpu": ("cpu", "reference")}
-AUTO_LSTM_WHEN = {"cuda": lambda dtype, hidden_size: False,
-                  "cpu": lambda dtype, hidden_size: plans.beats_reference("cpu", "lstm", dtype, hidden_size)}
 
 # Backends seen to fail on a given GPU architecture: "auto" skips them there and available_backends says why.
 # Filled from real runs only (see benchmarks/device_check.sh); key (backend, "sm_XY").
@@ -249,32 +238,34 @@ def check_backend_name(backend: str) -> None:
         raise ValueError(f"backend must be 'auto' or one of {', '.join(map(repr, BACKENDS))}; got {backend!r}")
 
 
-# resolve's answers by (backend, device, dtype, head_dim, op). Nothing a choice depends on changes in a running
+# resolve's answers by (backend, device, dtype, head_dim, op, keys). Nothing a choice depends on changes in a running
 # process (what was built, the devices, KNOWN_FAILURES), and every eager op call asks: on the triton path the
 # uncached choice cost about a tenth of the call's host time.
 _RESOLVED: dict[tuple, Backend] = {}
 
 
-def resolve(backend: str, device, dtype: torch.dtype, head_dim: int, op: str = "attention") -> Backend:
+def resolve(backend: str, device, dtype: torch.dtype, head_dim: int, op: str = "attention",
+            keys: int | None = None) -> Backend:
     """The backend that will run for these inputs; a clear error if the one asked for cannot.
 
-    op: "attention" (attention_layernorm and softmax_pool; head_dim is H) or "lstm" (head_dim is the hidden size).
+    op: "attention" (attention_layernorm and softmax_pool; head_dim is H, keys the sequence length Tk where known) or
+    "lstm" (head_dim is the hidden size).
     """
-    key = (backend, device, dtype, head_dim, op)
+    key = (backend, device, dtype, head_dim, op, keys)
     chosen = _RESOLVED.get(key)
     if chosen is None:
-        chosen = _RESOLVED[key] = _resolve(backend, device, dtype, head_dim, op)
+        chosen = _RESOLVED[key] = _resolve(backend, device, dtype, head_dim, op, keys)
     return chosen
 
 
-def _resolve(backend: str, device, dtype: torch.dtype, head_dim: int, op: str) -> Backend:
+def _resolve(backend: str, device, dtype: torch.dtype, head_dim: int, op: str, keys: int | None) -> Backend:
     check_backend_name(backend)
     device = _as_device(device)
     if backend == "auto":
-        order, when = (AUTO_LSTM_ORDER, AUTO_LSTM_WHEN) if op == "lstm" else (AUTO_ORDER, AUTO_GPU_WHEN)
+        order = AUTO_LSTM_ORDER if op == "lstm" else AUTO_ORDER
         for name in order.get(device.type, ("reference",)):
             candidate = _REGISTRY[name]
-            if not when.get(name, lambda *_: True)(dtype, head_dim):
+            if name != "reference" and not plans.beats_reference(name, op, dtype, head_dim, keys):
                 continue
             if candidate.status(device).available and candidate.unsupported_reason(dtype, head_dim, op) is None:
                 return candidate

@@ -29,7 +29,7 @@ def attention_layernorm(q: Tensor, k: Tensor, v: Tensor, residual: Tensor, weigh
     """
     check_attention_layernorm(q, k, v, residual, weight, bias, eps, scale)
     H = q.shape[-1]
-    impl = backends.resolve(backend, q.device, q.dtype, H)
+    impl = backends.resolve(backend, q.device, q.dtype, H, keys=k.shape[1])
     scale = H**-0.5 if scale is None else float(scale)
     return impl.attention_layernorm(q.contiguous(), k.contiguous(), v.contiguous(), residual.contiguous(),
                                     weight.contiguous(), bias.contiguous(), float(eps), scale)
@@ -43,7 +43,7 @@ def softmax_pool(x: Tensor, u: Tensor, c: Tensor, backend: str = "auto") -> Tens
     parameters it comes from stay in the autograd graph (their gradient is zero up to rounding).
     """
     check_softmax_pool(x, u, c)
-    impl = backends.resolve(backend, x.device, x.dtype, x.shape[-1])
+    impl = backends.resolve(backend, x.device, x.dtype, x.shape[-1], keys=x.shape[1])
     return impl.softmax_pool(x.contiguous(), u.contiguous(), c.contiguous())
 
 

@@ -63,7 +63,7 @@ class Row:
     min_queries: int | None = None  # attention's Tq; None: any
     evidence: str = ""  # the measurement behind the row, or why there is none
     # Whether the evidence shows the plan faster than the reference backend (PyTorch's own op) at these inputs: where
-    # it does, backend="auto" takes this backend (lstm_attn.backends; so far read for the CPU LSTM only).
+    # it does, backend="auto" takes this backend (lstm_attn.backends).
     beats_reference: bool = False
 
 
@@ -131,24 +131,32 @@ KEEPS_PROBS = ("gemm", "gemm3xtf32")
 _RUN5 = "benchmarks/results/bench-nvidia-h200-2026-11-27-run5.json"
 _CPU_RUN = "benchmarks/results/cpu-intel-xeon-2026-12-06.json"
 
-# First matching row whose plan can run wins.
+# First matching row whose plan can run wins. A row marked beats_reference is where backend="auto" takes this backend
+# over the reference (lstm_attn.backends): its evidence shows the backend faster there. ‡: the H200 rows are eager wall
+# times whose CUDA events were recorded without a synchronize (benchmarks/README.md), the only GPU measurement yet.
 TABLES: dict[tuple[str, str], tuple[Row, ...]] = {
     # flash, gemm and gemm3xtf32 have not run on a GPU: until a run checks and measures them, every row keeps the
     # plan that has, and they are reached by forcing them. Speedups are over the reference, forward+backward.
     ("cuda", "attention"): (
-        Row("tiled", _16BIT, 128, evidence=f"{_RUN5}: 0.94-3.66x (T = 256, 1024), under SDPA at T = 1024, H = 128; "
-            "flash is the candidate (untested on GPU)"),
-        Row("tiled", _16BIT, 256, evidence=f"{_RUN5}: 2.24x at T = 256, 0.46x at T = 1024; gemm is the candidate "
-            "for T >= 1024 (untested on GPU)"),
-        Row("tiled", _16BIT, 512, evidence=f"{_RUN5}: 0.77x (T = 256), 0.23x (T = 1024); gemm is the candidate "
+        Row("tiled", (torch.bfloat16,), 64, beats_reference=True, evidence=f"{_RUN5}‡: 3.66x at T = 256, 2.28x at "
+            "T = 1024; flash is the candidate (untested on GPU)"),
+        Row("tiled", (torch.bfloat16,), 256, max_keys=256, beats_reference=True, evidence=f"{_RUN5}‡: 2.38x at "
+            "H = 128, 2.24x at H = 256, T = 256"),
+        Row("tiled", _16BIT, 128, evidence=f"{_RUN5}‡: 0.94x at H = 128, T = 1024; float16 unmeasured; flash is the "
+            "candidate (untested on GPU)"),
+        Row("tiled", _16BIT, 256, evidence=f"{_RUN5}‡: 0.46x at T = 1024; gemm is the candidate for T >= 1024 "
             "(untested on GPU)"),
-        Row("tiled", (torch.float32,), 64, evidence=f"{_RUN5}: 3.24x at T = 256, 1.19x at T = 1024"),
-        Row("tiled", (torch.float32,), 512, evidence=f"{_RUN5}: 0.12-0.91x at H >= 128; gemm and gemm3xtf32 are the "
+        Row("tiled", _16BIT, 512, evidence=f"{_RUN5}‡: 0.77x (T = 256), 0.23x (T = 1024); gemm is the candidate "
+            "(untested on GPU)"),
+        Row("tiled", (torch.float32,), 64, beats_reference=True, evidence=f"{_RUN5}‡: 3.24x at T = 256, 1.19x at "
+            "T = 1024"),
+        Row("tiled", (torch.float32,), 512, evidence=f"{_RUN5}‡: 0.12-0.91x at H >= 128; gemm and gemm3xtf32 are the "
             "candidates (untested on GPU)"),
     ),
     ("cpu", "attention"): (
-        Row("tiled", _ALL, evidence="the only CPU plan meant for speed; gemm and gemm3xtf32 mirror the CUDA plans "
-            "for the tests"),
+        Row("tiled", _ALL, beats_reference=True, evidence="benchmarks/results/cpu-amd-epyc-2026-11-27.json: 0.96-1.31x "
+            "eager PyTorch at T 64-256, H 64 and 128, float32; the model's last step (softmax_pool) 1.3-1.4x in "
+            f"{_CPU_RUN}; gemm and gemm3xtf32 mirror the CUDA plans for the tests"),
     ),
     # A single query row (the model's last step) has no GEMM to gain: it takes the flash plan at every H.
     ("triton", "attention"): (
@@ -244,10 +252,13 @@ def _row(backend, op, dtype, size, queries=None, keys=None, device=None) -> Row:
     raise ValueError(f"no {backend} {op} plan for {dtype} with H = {size}")
 
 
-@functools.lru_cache(maxsize=256)
-def beats_reference(backend: str, op: str, dtype: torch.dtype, size: int) -> bool:
+@functools.lru_cache(maxsize=1024)
+def beats_reference(backend: str, op: str, dtype: torch.dtype, size: int, keys: int | None = None) -> bool:
     """Whether the table's row for these inputs says its plan was measured faster than the reference backend."""
-    return _row(backend, op, dtype, size).beats_reference
+    try:
+        return _row(backend, op, dtype, size, keys=keys).beats_reference
+    except ValueError:  # no plan takes these inputs: the backend refuses them anyway
+        return False
 
 
 @contextlib.contextmanager

@@ -89,3 +89,20 @@ def test_no_cpp_file_reads_the_environment_or_writes_a_limit_of_its_own():
         if path.name != "kernel_limits.h":
             assert not re.search(r"constexpr\s+\w+\s+kMaxHeadDim\s*=\s*\d", text), \
                 f"{path.relative_to(ROOT)} writes its own head-dim limit instead of csrc/kernel_limits.h's"
+
+
+def test_auto_follows_the_rows_measured_faster_than_the_reference():
+    """backend="auto" takes a backend only where its plan table marks the inputs beats_reference, and every such row
+    names the committed result file that shows it."""
+    assert plans.beats_reference("cuda", "attention", torch.bfloat16, 128, keys=256)
+    assert not plans.beats_reference("cuda", "attention", torch.bfloat16, 128, keys=1024)
+    assert plans.beats_reference("cuda", "attention", torch.float32, 64, keys=4096)
+    assert not plans.beats_reference("cuda", "attention", torch.float16, 64, keys=256)
+    assert not any(plans.beats_reference("triton", "attention", d, 64) for d in limits.GPU_FLOATS)
+    assert not plans.beats_reference("cuda", "lstm", torch.float32, 128)
+    assert not plans.beats_reference("cuda", "attention", torch.float32, 4096)  # no plan takes it
+    for rows in plans.TABLES.values():
+        for row in rows:
+            if row.beats_reference:
+                files = re.findall(r"benchmarks/results/[\w.-]+\.json", row.evidence)
+                assert files and all((ROOT / f).is_file() for f in files), row

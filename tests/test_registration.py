@@ -134,10 +134,10 @@ def test_auto_picks_the_cpu_kernels_on_cpu():
 @pytest.mark.gpu
 def test_auto_on_gpu_picks_what_was_measured_fastest():
     status = lstm_attn.available_backends("cuda")
-    expected = "cuda" if status["cuda"].available else "reference"
-    assert backends.resolve("auto", "cuda", torch.bfloat16, 128).name == expected, status
-    # Where the fused GPU kernels measured slower than the reference, auto keeps the reference.
-    assert backends.resolve("auto", "cuda", torch.float32, 128).name == "reference"
-    assert backends.resolve("auto", "cuda", torch.bfloat16, 256).name == "reference"
-    # float64 has no GPU kernel: auto falls back to the reference instead of failing.
-    assert backends.resolve("auto", "cuda", torch.float64, 128).name == "reference"
+    cuda = "cuda" if status["cuda"].available else "reference"
+    # The plan table's beats_reference rows (lstm_attn/plans.py): the H200 measurements.
+    for dtype, H, keys, expected in ((torch.bfloat16, 64, 1024, cuda), (torch.bfloat16, 128, 256, cuda),
+                                     (torch.bfloat16, 256, 256, cuda), (torch.float32, 64, 1024, cuda),
+                                     (torch.bfloat16, 128, 1024, "reference"), (torch.float32, 128, 256, "reference"),
+                                     (torch.float16, 64, 256, "reference"), (torch.float64, 128, 256, "reference")):
+        assert backends.resolve("auto", "cuda", dtype, H, keys=keys).name == expected, (dtype, H, keys, status)

@@ -47,7 +47,7 @@ SCALING = "model_scaling"  # rows with their own section and plot: time and peak
 
 @dataclass(frozen=True)
 class Goal:
-    """A performance goal from an issue, checked on every row it applies to."""
+    """A performance goal of the project, checked on every row it applies to."""
     name: str
     applies: Callable[[dict, dict], bool]  # (row, its run's env)
     versus: str  # "reference" or "best peer"
@@ -60,28 +60,47 @@ def _op(row: dict, env: dict, device_type: str, timing: str, backends: tuple[str
 
 
 _SIXTEEN_BIT = ("bfloat16", "float16")
+
+
+def _cpu_lstm(row: dict, env: dict, pass_: str, H: int | None) -> bool:
+    return (env["device_type"] == "cpu" and row["case"] == "lstm" and row["pass"] == pass_ and row["backend"] == "cpu"
+            and row["dtype"] == "float32" and (H is None or row["shape"]["H"] == H))
+
+
+def _cpu_step(row: dict, env: dict, H: int) -> bool:
+    return (env["device_type"] == "cpu" and row["case"] == "model_step" and row["pass"] == "step"
+            and row["backend"] == "ours-cpu" and row["dtype"] == "float32" and row["shape"]["H"] == H)
 GOALS = (
-    Goal("issue 14: cuda, every shape", lambda r, e: _op(r, e, "cuda", "graph", ("cuda",)), "best peer", 1.3),
-    Goal("issue 13: triton, 16-bit, H ≤ 128",
+    Goal("GPU: cuda ≥ 1.3x the best peer, every shape", lambda r, e: _op(r, e, "cuda", "graph", ("cuda",)), "best peer", 1.3),
+    Goal("GPU: triton ≥ 1.3x the best peer, 16-bit, H ≤ 128",
          lambda r, e: _op(r, e, "cuda", "graph", ("triton",)) and r["dtype"] in _SIXTEEN_BIT
          and r["shape"]["H"] <= 128, "best peer", 1.3),
-    Goal("issue 13: triton, every other shape",
+    Goal("GPU: triton ≥ the best peer, every other shape",
          lambda r, e: _op(r, e, "cuda", "graph", ("triton",)) and not (r["dtype"] in _SIXTEEN_BIT
                                                                         and r["shape"]["H"] <= 128),
          "best peer", 1.0),
     # Host cost at most 0.4x the reference's: the reference's time over ours at least 2.5.
-    Goal("issue 13: triton host cost ≤ 0.4x the reference's", lambda r, e: _op(r, e, "cuda", "host", ("triton",)),
+    Goal("GPU: triton's host cost ≤ 0.4x the reference's", lambda r, e: _op(r, e, "cuda", "host", ("triton",)),
          "reference", 2.5),
-    Goal("issue 15: fused LSTM ≥ 2.5x cuDNN at B = 256",
+    Goal("GPU: fused LSTM ≥ 2.5x cuDNN at B = 256",
          lambda r, e: e["device_type"] == "cuda" and r["case"] == "lstm" and r["timing"] == "graph"
          and r["backend"] == "cuda" and r["dtype"] in ("float32-tf32", "bfloat16") and r["shape"]["B"] == 256,
          "reference", 2.5),
-    Goal("issue 15: the model's training step ≥ 3x the seed's at B = 256, H = 128",
+    Goal("GPU: the model's training step ≥ 3x the original's at B = 256, H = 128",
          lambda r, e: e["device_type"] == "cuda" and r["case"] == "model_step" and r["pass"] == "step"
          and r["backend"] == "ours-cuda" and r["shape"]["B"] == 256 and r["shape"]["H"] == 128, "reference", 3.0),
     Goal("CPU: cpu ≥ 1.5x the reference at B·T = 8192, T = 256, H = 128",
          lambda r, e: _op(r, e, "cpu", "eager", ("cpu",)) and r["dtype"] == "float32" and r["tokens"] == 8192
          and r["shape"]["T"] == 256 and r["shape"]["H"] == 128, "reference", 1.5),
+    Goal("CPU: LSTM forward+backward ≥ 2x PyTorch's at H = 64", lambda r, e: _cpu_lstm(r, e, "fwd+bwd", 64),
+         "reference", 2.0),
+    Goal("CPU: LSTM forward+backward ≥ 1.4x PyTorch's at H = 128", lambda r, e: _cpu_lstm(r, e, "fwd+bwd", 128),
+         "reference", 1.4),
+    Goal("CPU: LSTM forward ≥ 1.5x PyTorch's", lambda r, e: _cpu_lstm(r, e, "fwd", None), "reference", 1.5),
+    Goal("CPU: the model's training step ≥ 3x the original's at H = 64", lambda r, e: _cpu_step(r, e, 64),
+         "reference", 3.0),
+    Goal("CPU: the model's training step ≥ 2x the original's at H = 128", lambda r, e: _cpu_step(r, e, 128),
+         "reference", 2.0),
 )
 
 
