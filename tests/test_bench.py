@@ -169,7 +169,7 @@ def test_report_merges_two_devices_into_a_table_and_plots(tmp_path, capsys):
     assert "4.00x (2.00x)" in md  # H100 cuda: 4 ms / 1 ms vs reference, 2 ms / 1 ms vs sdpa, the best peer
     assert "2.40x (1.20x)" in md  # A100 cuda
     assert "### NVIDIA H100, 2025-01-02, commit abc123 (h100.json)" in md
-    assert "| issue 14: cuda, every shape | NVIDIA H100 | cuda | float32 | 64 | 256 | 128 | 2.00x vs sdpa " \
+    assert "| GPU: cuda ≥ 1.3x the best peer, every shape | NVIDIA H100 | cuda | float32 | 64 | 256 | 128 | 2.00x vs sdpa " \
            "(goal 1.3x) | yes |" in md
     assert "| NVIDIA A100 | cuda | float32 | 64 | 256 | 128 | 1.20x vs sdpa (goal 1.3x) | **no** |" in md
     assert "NVIDIA H100, triton (1 row): skipped: no GPU" in md
