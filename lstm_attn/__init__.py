@@ -1,4 +1,4 @@
-"""lstm_attn: fused attention + residual + LayerNorm and LSTM kernels behind the seed's LSTMWithAttention API."""
+"""lstm_attn: fused attention + residual + LayerNorm and LSTM kernels behind the original LSTMWithAttention API."""
 
 import importlib
 

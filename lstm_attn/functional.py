@@ -12,6 +12,12 @@ from lstm_attn.validation import check_attention_layernorm, check_lstm, check_so
 LSTM_BACKENDS = ("auto", *(name for name in backends.BACKENDS if backends.has_lstm(name)))
 
 
+def _known(size) -> int | None:
+    """A sequence length the backend choice may key on: a plain int, not the symbolic size that torch.export and
+    dynamic torch.compile trace (unhashable, and a choice keyed on it would pin the traced length)."""
+    return size if type(size) is int else None
+
+
 def check_backend(backend: str, device=None, dtype=None, head_dim: int | None = None) -> None:
     """Refuses, with the reason, a backend name that does not exist or, given inputs, one that cannot run them."""
     backends.check_backend_name(backend)
@@ -29,7 +35,7 @@ def attention_layernorm(q: Tensor, k: Tensor, v: Tensor, residual: Tensor, weigh
     """
     check_attention_layernorm(q, k, v, residual, weight, bias, eps, scale)
     H = q.shape[-1]
-    impl = backends.resolve(backend, q.device, q.dtype, H, keys=k.shape[1])
+    impl = backends.resolve(backend, q.device, q.dtype, H, keys=_known(k.shape[1]))
     scale = H**-0.5 if scale is None else float(scale)
     return impl.attention_layernorm(q.contiguous(), k.contiguous(), v.contiguous(), residual.contiguous(),
                                     weight.contiguous(), bias.contiguous(), float(eps), scale)
@@ -43,7 +49,7 @@ def softmax_pool(x: Tensor, u: Tensor, c: Tensor, backend: str = "auto") -> Tens
     parameters it comes from stay in the autograd graph (their gradient is zero up to rounding).
     """
     check_softmax_pool(x, u, c)
-    impl = backends.resolve(backend, x.device, x.dtype, x.shape[-1], keys=x.shape[1])
+    impl = backends.resolve(backend, x.device, x.dtype, x.shape[-1], keys=_known(x.shape[1]))
     return impl.softmax_pool(x.contiguous(), u.contiguous(), c.contiguous())
 
 

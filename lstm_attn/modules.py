@@ -6,7 +6,7 @@ and `backend`, which picks the kernels of lstm_attn.softmax_pool / lstm_attn.att
 for its full-sequence output) and of lstm_attn.lstm, through which the nn.LSTM submodule's own parameters run. The
 model calls the functional API only: which kernels run below it is the backends' and the plan tables' choice.
 
-The seed's forward reads only the last row of the attention output. For that row attention collapses,
+The original forward reads only the last row of the attention output. For that row attention collapses,
 exactly, to a softmax-weighted mean of the LSTM output (AttentionLayer.last_step), so the model never
 builds K, V or the (T, T) scores: O(B*T*H + B*H^2) instead of O(B*T*H^2 + B*T^2*H).
 """
@@ -35,12 +35,12 @@ def _kernel_backend(backend: str) -> str:
 
 
 class AttentionLayer(nn.Module):
-    """The seed's single-head self-attention: softmax(Q K^T * scale) V with Q, K, V linear in x.
+    """The original single-head self-attention: softmax(Q K^T * scale) V with Q, K, V linear in x.
 
     Which kernels run, by backend:
       last_step (what LSTMWithAttention.forward uses): lstm_attn.softmax_pool on `backend`, every backend.
-      forward (the whole (B, T, H) output, which the seed's model computes and then mostly drops): "reference"
-        runs the seed's arithmetic; every other backend runs PyTorch's F.scaled_dot_product_attention, since the
+      forward (the whole (B, T, H) output, which the original model computes and then mostly drops): "reference"
+        runs the original model's arithmetic; every other backend runs PyTorch's F.scaled_dot_product_attention, since the
         package's kernels fuse attention with the residual and LayerNorm (LSTMWithAttention.sequence_features)
         and have no bare-attention output. A named backend must still be able to run on the input's device and
         dtype: one that cannot is refused with the op's own error, never silently replaced.
@@ -56,7 +56,7 @@ class AttentionLayer(nn.Module):
         self.backend = backend
 
     def forward(self, x: Tensor) -> Tensor:
-        """The full attention output, (B, T, H) -> (B, T, H), as the seed's."""
+        """The full attention output, (B, T, H) -> (B, T, H), as the original's."""
         q, k, v = self.query(x), self.key(x), self.value(x)
         backend = _kernel_backend(self.backend)
         if backend == "reference":
@@ -75,7 +75,7 @@ class AttentionLayer(nn.Module):
         With q = Wq x_T + bq, the score of step j is scale * q.(Wk x_j + bk) = (scale Wk^T q).x_j + scale q.bk.
         The second term is the same for every j, so the softmax ignores it; and since the weights sum to 1,
         sum_j p_j (Wv x_j + bv) = Wv (sum_j p_j x_j) + bv. The key bias still enters through that constant
-        term, so it stays in the autograd graph (its gradient zero up to rounding, as in the seed) and
+        term, so it stays in the autograd graph (its gradient zero up to rounding, as in the original) and
         DistributedDataParallel finds every parameter used.
         """
         q = self.query(x[:, -1])
@@ -85,17 +85,17 @@ class AttentionLayer(nn.Module):
         return self.value(pooled)
 
 
-SEED_LR = 0.001  # the seed's Adam learning rate, which its configure_optimizers fixes
+SEED_LR = 0.001  # the original's Adam learning rate, which its configure_optimizers fixes
 # The constructor's arguments that a checkpoint must give, in its hyperparameters or, but for dropout, its weights.
 REQUIRED_ARGUMENTS = ("input_size", "hidden_size", "num_layers", "dropout")
 _LSTM_LAYER_KEY = re.compile(r"lstm\.weight_ih_l(\d+)")
 
 
 class LSTMWithAttention(pl.LightningModule):
-    """The seed's model: LSTM -> self-attention -> residual LayerNorm -> linear head on the last step.
+    """The original model: LSTM -> self-attention -> residual LayerNorm -> linear head on the last step.
 
-    `lr` is Adam's learning rate (the seed fixes it at SEED_LR). The class is a pytorch_lightning.LightningModule, as
-    the seed's: train it with pytorch_lightning's Trainer, also in a project that uses the `lightning` package (see
+    `lr` is Adam's learning rate (the original fixes it at SEED_LR). The class is a pytorch_lightning.LightningModule, as
+    the original's: train it with pytorch_lightning's Trainer, also in a project that uses the `lightning` package (see
     the README).
     """
 
@@ -128,7 +128,7 @@ class LSTMWithAttention(pl.LightningModule):
     @staticmethod
     def sizes_from_state_dict(state_dict) -> dict:
         """input_size, hidden_size, num_layers and output_size, read from the shapes of the weights: what a checkpoint
-        without hyperparameters (the seed's class never saved them) still tells. Dropout is not in the weights.
+        without hyperparameters (the original class never saved them) still tells. Dropout is not in the weights.
         A ValueError if `state_dict` is not this model's."""
         layers = [int(m.group(1)) for key in state_dict if (m := _LSTM_LAYER_KEY.fullmatch(key))]
         missing = [k for k in ("lstm.weight_ih_l0", "lstm.weight_hh_l0", "fc.weight") if k not in state_dict]
@@ -154,14 +154,14 @@ class LSTMWithAttention(pl.LightningModule):
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None,
                              weights_only=None, **kwargs):
-        """Lightning's load_from_checkpoint, which also loads checkpoints without hyperparameters, such as the seed's
+        """Lightning's load_from_checkpoint, which also loads checkpoints without hyperparameters, such as the original
         class writes: the sizes come from the weights' shapes, and dropout, which they do not hold, is 0.0 unless
         given (a warning says so; it matters only to further training). Arguments given here win, as in Lightning."""
         if hparams_file is None and not all(k in kwargs for k in REQUIRED_ARGUMENTS):
             checkpoint = _read_checkpoint(checkpoint_path, weights_only)
             inferred, unknown = cls.arguments_for_checkpoint(checkpoint, kwargs) if checkpoint else ({}, [])
             if unknown:
-                warnings.warn(f"the checkpoint records no {' or '.join(unknown)} (a checkpoint of the seed's class "
+                warnings.warn(f"the checkpoint records no {' or '.join(unknown)} (a checkpoint of the original class "
                               f"saves no hyperparameters): 0.0 assumed; pass dropout=... to load_from_checkpoint to "
                               f"set it. The sizes were read from the weights: {inferred}", UserWarning, stacklevel=2)
             kwargs = {**inferred, **kwargs}
@@ -233,7 +233,7 @@ class LSTMWithAttention(pl.LightningModule):
         self.log("val_loss", loss)
 
     def configure_optimizers(self):
-        # The seed's Adam; fused (one kernel) where the step's other kernels are one graph replay.
+        # The original's Adam; fused (one kernel) where the step's other kernels are one graph replay.
         return torch.optim.Adam(self.parameters(), lr=self.lr, **({"fused": True} if self._graphed else {}))
 
 

@@ -226,7 +226,7 @@ def test_the_same_seed_gives_the_same_run(tmp_path, co2_args):
 def test_compare_trains_the_seed_and_ours_alike(tmp_path, co2_args, capsys):
     assert train(tmp_path, *co2_args, "--epochs", "2", "--compare") == 0
     out = capsys.readouterr().out
-    assert "seed (reference.py)" in out and "speedup:" in out
+    assert "original (reference.py)" in out and "speedup:" in out
     summary = strict_load(run_dir(tmp_path) / "summary.json")
     # The same seed, data and weights: the two loss curves end where float32 rounding lets them.
     assert summary["seed_model"]["val_loss"] == pytest.approx(summary["val_loss"], rel=1e-3)
@@ -250,7 +250,7 @@ def test_bf16_mixed_compare_is_refused_where_the_seed_cannot_run(tmp_path, co2_a
     monkeypatch.setattr(cpu_features, "cpu_autocast_lstm_error", lambda dtype: "forced by the test")
     assert train(tmp_path, *co2_args, "--precision", "bf16-mixed", "--accelerator", "cpu", "--compare") == 2
     err = capsys.readouterr().err
-    assert "the seed's model cannot train under bfloat16 autocast on this CPU" in err and "32-true" in err
+    assert "the original model cannot train under bfloat16 autocast on this CPU" in err and "32-true" in err
     assert not (tmp_path / "runs").exists()
 
 

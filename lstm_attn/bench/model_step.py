@@ -1,6 +1,6 @@
-"""The model case: a training step of the seed's LSTMWithAttention beside ours, and the seed's step in parts.
+"""The model case: a training step of the original LSTMWithAttention beside ours, and the seed's step in parts.
 
-Passes (the seed's model: lstm_attn.reference; ours: lstm_attn.modules.LSTMWithAttention, one row per backend):
+Passes (the original model: lstm_attn.reference; ours: lstm_attn.modules.LSTMWithAttention, one row per backend):
   step       forward, MSE loss, backward, Adam step (the seed's optimizer, lr 1e-3): seed and ours
   lstm       the LSTM alone, forward and backward: seed only (ours runs the same nn.LSTM)
   attention  attention + residual + LayerNorm of the last step, forward and backward: the seed computes the
@@ -34,7 +34,7 @@ OUR_BACKENDS = {"cuda": ("reference", "triton", "cuda"), "cpu": ("reference", "c
 
 
 def model_work(pass_: str, B: int, T: int, input_size: int, H: int, layers: int, act_itemsize: int) -> Work:
-    """The FLOP and byte model of the model case: the seed's arithmetic (so ours reports an effective rate).
+    """The FLOP and byte model of the model case: the original model's arithmetic (so ours reports an effective rate).
 
     FLOPs: LSTM forward 8*B*T*H*(in + H) per layer (four gates, each an (in + H) -> H product), backward twice
     that; attention part forward 6*B*T*H^2 (q, k, v projections) + 4*B*T^2*H (flash-attention's convention,

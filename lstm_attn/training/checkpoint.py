@@ -45,7 +45,7 @@ def read_checkpoint(path: str | Path) -> dict:
 
 def load_model(path: str | Path) -> LSTMWithAttention:
     """The model saved in a Lightning checkpoint written by `lstm-attn train` (or any Trainer fitting
-    LSTMWithAttention, or the seed's class, whose checkpoints hold no hyperparameters: the sizes are then read from
+    LSTMWithAttention, or the original class, whose checkpoints hold no hyperparameters: the sizes are then read from
     the weights), on CPU, in eval mode (where dropout, which the weights do not record, plays no part)."""
     checkpoint = read_checkpoint(path)
     try:

@@ -1,7 +1,7 @@
 """`lstm-attn train`: train LSTMWithAttention on a real series, report it against naive forecasts.
 
 By default the series is the weekly Mauna Loa CO2 record that statsmodels ships (no download); --csv and
---column train on a column of your own file instead. With --compare the seed's model (lstm_attn.reference)
+--column train on a column of your own file instead. With --compare the original model (lstm_attn.reference)
 is trained first from the same seed, and the two runs are printed side by side with the speedup. --resume
 continues a run from its checkpoint (lstm_attn.training.fit says how it replays exactly). The options are
 lstm_attn.training.options'.
@@ -84,15 +84,15 @@ def _check_machine(args: argparse.Namespace) -> None:
         if not status.available:
             raise UsageError(f"--backend {args.backend} cannot run on this machine's {device}: {status.reason}")
     if args.compare and args.lr != SEED_LR:
-        raise UsageError(f"--lr {args.lr} with --compare: the seed's model fixes Adam's learning rate at {SEED_LR}; "
+        raise UsageError(f"--lr {args.lr} with --compare: the original model fixes Adam's learning rate at {SEED_LR}; "
                          "drop one of them")
     if args.compare and args.resume:
-        raise UsageError("--resume continues one run; it cannot retrain the seed's model of --compare")
+        raise UsageError("--resume continues one run; it cannot retrain the original model of --compare")
 
 
 def _cpu_autocast_note(args: argparse.Namespace) -> str | None:
     """What --precision bf16-mixed means on a CPU whose oneDNN has no bfloat16 LSTM (AVX2-only x86, e.g. AMD
-    EPYC): our model trains with its LSTM in float32 and the rest under bfloat16 autocast; the seed's model
+    EPYC): our model trains with its LSTM in float32 and the rest under bfloat16 autocast; the original model
     cannot train at all, so --compare is refused before anything trains."""
     if args.precision not in CPU_AUTOCAST_PRECISIONS or _on_gpu(args):
         return None
@@ -100,7 +100,7 @@ def _cpu_autocast_note(args: argparse.Namespace) -> str | None:
     if reason is None:
         return None
     if args.compare:
-        raise UsageError(f"--precision {args.precision} with --compare: the seed's model cannot train under "
+        raise UsageError(f"--precision {args.precision} with --compare: the original model cannot train under "
                          f"bfloat16 autocast on this CPU (its oneDNN has no bfloat16 LSTM: {reason}); compare with "
                          f"--precision 32-true, or drop --compare to train lstm_attn's model alone, whose LSTM "
                          f"then runs in float32")
@@ -249,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
     if seed_run is not None:
         print("\n--compare, the same seed and data:")
         print(f"  {'':<20}{'train_loss':>12}{'val_loss':>12}{'val RMSE':>10}{'samples/s':>11}")
-        for name, r in (("seed (reference.py)", seed_run), ("lstm_attn", ours)):
+        for name, r in (("original (reference.py)", seed_run), ("lstm_attn", ours)):
             print(f"  {name:<20}{_fmt(r.train_loss, '>12.5f')}{_fmt(r.val_loss, '>12.5f')}{r.val_rmse:>10.4f}"
                   f"{_fmt(r.samples_per_s, '>11.0f')}")
         if ours.samples_per_s and seed_run.samples_per_s:

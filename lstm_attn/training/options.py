@@ -12,7 +12,7 @@ PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "64-true", "bf16-true")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
 # lstm_attn.backends.BACKENDS, which imports torch to define them; tests/test_cli.py holds the two equal.
 BACKENDS = ("reference", "cpu", "cuda", "triton")
-SEED_LR = 0.001  # the seed's Adam learning rate, fixed in its configure_optimizers
+SEED_LR = 0.001  # the original's Adam learning rate, fixed in its configure_optimizers
 RESUME_LAST = "last"
 
 
@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--dropout", type=argtypes.dropout, default=0.0,
                        help="between LSTM layers, at least 0 and below 1 (default: %(default)s)")
     model.add_argument("--lr", type=argtypes.positive_float, default=SEED_LR,
-                       help="Adam's learning rate (default: %(default)s, the seed's)")
+                       help="Adam's learning rate (default: %(default)s, the original model's)")
     model.add_argument("--backend", default="auto", choices=("auto", *BACKENDS),
                        help="the kernels behind the model's attention; one this machine cannot run is refused with "
                             "the reason (default: %(default)s)")
@@ -73,8 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           f"folder, with the options it was started with; {RESUME_LAST!r}: the newest run under "
                           "--output that has a last.ckpt")
     run.add_argument("--compare", action="store_true",
-                     help="also train the seed's model from the same seed and print both runs and the speedup")
+                     help="also train the original model from the same seed and print both runs and the speedup")
     run.add_argument("--cuda-graph", action="store_true",
                      help="replay each training step's forward and backward from one CUDA graph (one GPU; "
-                          "--precision 32-true or bf16-mixed); the seed's model of --compare trains eagerly")
+                          "--precision 32-true or bf16-mixed); the original model of --compare trains eagerly")
     run.add_argument("--no-progress", action="store_true", help="hide Lightning's progress bar")
