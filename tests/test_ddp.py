@@ -85,3 +85,6 @@ if __name__ == "__main__":
     torch.save(record.batches, out / f"batches{trainer.global_rank}.pt")
     if trainer.is_global_zero:
         torch.save(state, out / "state.pt")
+    # Lightning leaves the process group up; gloo's worker threads still running at interpreter exit abort the
+    # process ("terminate called without an active exception", seen on CI), so end it here.
+    torch.distributed.destroy_process_group()

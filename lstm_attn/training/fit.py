@@ -184,6 +184,14 @@ def _metric(metrics: dict, name: str) -> float | None:
     return float(metrics[name]) if name in metrics else None
 
 
+def _end_process_group() -> None:
+    """Lightning leaves a multi-process run's process group up; gloo's worker threads still running when the
+    interpreter exits abort the process ("terminate called without an active exception"), so end it once fit is
+    done (what follows runs on the main process alone)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def train(model: pl.LightningModule, split: Split, *, output: str | Path, name: str, epochs: int, batch_size: int,
           seed: int = 0, accelerator: str = "auto", devices="auto", strategy: str = "auto",
           precision: str = "32-true", progress: bool = True, resume: Resume | None = None,
@@ -203,6 +211,7 @@ def train(model: pl.LightningModule, split: Split, *, output: str | Path, name: 
     # (Lightning versions without weights_only read it with torch.load's default.)
     safe = {"weights_only": True} if resume and "weights_only" in inspect.signature(trainer.fit).parameters else {}
     trainer.fit(model, train_loader, val_loader, ckpt_path=resume.checkpoint if resume else None, **safe)
+    _end_process_group()
     if not trainer.is_global_zero:
         return None
     prediction = split.to_series_units(predict(model, split.val))
