@@ -35,13 +35,15 @@ fake_triton_driver.install()  # before lstm_attn: its kernels are defined agains
 import torch  # noqa: E402
 
 import lstm_attn  # noqa: E402
+import lstm_attn.ops  # noqa: E402,F401  (loads the Triton kernels now, while TRITON_INTERPRET is unset)
 from lstm_attn import plans  # noqa: E402
 from lstm_attn.bench.env import environment  # noqa: E402
 from lstm_attn.bench.tables import markdown_table  # noqa: E402
 from lstm_attn.bench.schema import write_json  # noqa: E402
 
 # lstm_attn lets backend="triton" take CPU tensors only under the interpreter. The kernels are already defined,
-# compiled-style, against the fake driver: setting the variable now only opens that device check.
+# compiled-style, against the fake driver (import lstm_attn alone does not load them: lstm_attn.ops above does):
+# setting the variable now only opens that device check.
 os.environ["TRITON_INTERPRET"] = "1"
 
 STUBBED = ("the compiled Triton kernel's C launcher (a Python stub that counts the launch: its argument packing and "
