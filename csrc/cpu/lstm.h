@@ -67,6 +67,10 @@ struct Plan {
   ForwardGroup forward;
   BackwardGroup backward;
   bool own_input_projection = false;
+  // Where the large workspaces (hidden, cell, gates, d_pre) come from: null for at::empty (the CUDA plans). The fused
+  // CPU plan's asks the kernel for transparent huge pages, as THP_MEM_ALLOC_ENABLE=1 would for every tensor: a fresh
+  // 4 KiB page costs a fault and its zeroing on first touch, some 1 us each, and these tensors are written once.
+  c10::Allocator* workspace_allocator = nullptr;
 };
 
 // lstm_fwd and lstm_bwd by a plan, for inputs that check_lstm_inputs (and, backward, check_lstm_saved and
