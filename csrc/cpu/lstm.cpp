@@ -85,8 +85,13 @@ ForwardResult run_forward(const at::Tensor& x, at::TensorList weights, const at:
   ForwardState f = make_state(x, weights, h0, c0, dropout_mask, for_backward);
   const int64_t L = f.L, B = f.B, T = f.T, H = f.H;
   const auto acc = x.options().dtype(acc_dtype(x.scalar_type()));
-  f.hidden = workspace(plan, {L, T + 1, B, H}, x.options());
-  f.hidden.select(1, 0).copy_(h0);
+  if (for_backward || !plan.own_io) {
+    f.hidden = workspace(plan, {L, T + 1, B, H}, x.options());
+    f.hidden.select(1, 0).copy_(h0);
+  } else {
+    f.hidden = at::empty({0}, x.options());
+  }
+  if (plan.own_io) f.output = workspace(plan, {B, T, H}, x.options());
   // Without for_backward the plans keep no cell states or gates.
   f.cell = workspace(plan, for_backward ? std::vector<int64_t>{L, T, B, H} : std::vector<int64_t>{0}, acc);
   f.gates = workspace(plan, for_backward ? std::vector<int64_t>{L, T, B, 4 * H} : std::vector<int64_t>{0}, acc);
@@ -100,9 +105,11 @@ ForwardResult run_forward(const at::Tensor& x, at::TensorList weights, const at:
     }
     plan.forward(f, l0, std::min(group, L - l0), proj);
   }
-  f.h_n.copy_(f.hidden.select(1, T));
-  at::Tensor output = f.hidden[L - 1].slice(0, 1).transpose(0, 1).contiguous();
-  return {output, f.h_n, f.c_n, for_backward ? f.hidden : at::empty({0}, x.options()), f.cell, f.gates};
+  if (!plan.own_io) {
+    f.h_n.copy_(f.hidden.select(1, T));
+    f.output = f.hidden[L - 1].slice(0, 1).transpose(0, 1).contiguous();
+  }
+  return {f.output, f.h_n, f.c_n, for_backward ? f.hidden : at::empty({0}, x.options()), f.cell, f.gates};
 }
 
 ForwardState saved_forward(const at::Tensor& x, at::TensorList weights, const at::Tensor& h0, const at::Tensor& c0,
@@ -126,7 +133,8 @@ BackwardResult run_backward(const at::Tensor& grad_output, const at::Tensor& gra
   b.grad_c0 = at::empty({L, B, H}, f.x.options());
   at::Tensor grad_x = at::empty_like(f.x);
   // The gradient reaching the top layer of each group from outside it, time-major in acc.
-  at::Tensor dy = grad_output.transpose(0, 1).to(acc).contiguous();
+  at::Tensor dy = grad_output.transpose(0, 1).to(acc);
+  if (!plan.own_io) dy = dy.contiguous();
   for (int64_t l0 = (L - 1) / group * group; l0 >= 0; l0 -= group) {
     plan.backward(b, l0, std::min(group, L - l0), dy);
     // The gradient of the group's input: the layer below's h through its dropout mask, or x.
