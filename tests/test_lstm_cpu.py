@@ -14,7 +14,7 @@ from _backends import require_backend
 from lstm_attn import cpu_features, plans, reference
 from lstm_attn.modules import LSTMWithAttention
 from lstm_attn.testing import assert_parity
-from test_lstm import forward_backward, lstm_inputs, names
+from test_lstm import forward_backward, lstm_inputs, names, on
 
 # (B, T, input_size, H, layers): every H, T and B of the issue's list, 1-3 layers; B = 5 splits 3 + 2 over two threads.
 SHAPES = [(1, 1, 1, 1, 1), (3, 2, 5, 5, 2), (5, 37, 8, 33, 3), (3, 37, 4, 100, 2), (1, 2, 8, 130, 1),
@@ -53,6 +53,29 @@ def test_fused_plan_parity_in_float32(shape, kernels, monkeypatch, two_threads):
     want = forward_backward((x, h0, c0, weights), torch.float64, "cpu", "reference")
     for name, a, r in zip(names(shape[4]), got, want):
         assert_parity(name, a, r)
+
+
+@pytest.mark.parametrize("kernels", ISAS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_inference_equals_the_training_forward(shape, dtype, kernels, monkeypatch, two_threads):
+    """Under no_grad the fused plan keeps no hidden (the steps' h roll through two slots a layer), and writes output
+    and h_n itself: bitwise what the forward that keeps everything for the backward gives, dropout's masks included."""
+    if dtype != torch.float32 and kernels != "avx512":
+        pytest.skip("float64 and bfloat16 run the scalar path, whatever the kernels")
+    x, h0, c0, weights = on(lstm_inputs(*shape), "cpu", dtype)
+    p = 0.3 if shape[4] > 1 else 0.0
+    results = []
+    with isa(kernels, monkeypatch):
+        for grad in (True, False):
+            leaves = [t.requires_grad_(grad) for t in (x, *weights)]
+            torch.manual_seed(3)
+            with torch.set_grad_enabled(grad):
+                output, (h_n, c_n) = lstm_attn.lstm(leaves[0], leaves[1:], h0, c0, dropout=p, training=p > 0,
+                                                    backend="cpu")
+            results.append([output.detach(), h_n.detach(), c_n.detach()])
+    for name, a, b in zip(("output", "h_n", "c_n"), *results):
+        assert torch.equal(a, b), f"{name} differs between the training forward and inference"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)

@@ -3,6 +3,7 @@
 #include "cpu/lstm.h"
 
 #include <ATen/Dispatch.h>
+#include <ATen/EmptyTensor.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -55,6 +56,13 @@ void append_weight_gradients(const ForwardState& f, const at::Tensor& d_pre, int
   grads.push_back(d_bias.clone());
 }
 
+// An uninitialised tensor from the plan's workspace allocator.
+at::Tensor workspace(const Plan& plan, at::IntArrayRef sizes, const at::TensorOptions& options) {
+  if (plan.workspace_allocator == nullptr) return at::empty(sizes, options);
+  return at::detail::empty_generic(sizes, plan.workspace_allocator, c10::DispatchKeySet(c10::DispatchKey::CPU),
+                                   options.dtype().toScalarType(), std::nullopt);
+}
+
 ForwardState make_state(const at::Tensor& x, at::TensorList weights, const at::Tensor& h0, const at::Tensor& c0,
                         const std::optional<at::Tensor>& dropout_mask, bool keep) {
   ForwardState f;
@@ -77,11 +85,16 @@ ForwardResult run_forward(const at::Tensor& x, at::TensorList weights, const at:
   ForwardState f = make_state(x, weights, h0, c0, dropout_mask, for_backward);
   const int64_t L = f.L, B = f.B, T = f.T, H = f.H;
   const auto acc = x.options().dtype(acc_dtype(x.scalar_type()));
-  f.hidden = at::empty({L, T + 1, B, H}, x.options());
-  f.hidden.select(1, 0).copy_(h0);
+  if (for_backward || !plan.own_io) {
+    f.hidden = workspace(plan, {L, T + 1, B, H}, x.options());
+    f.hidden.select(1, 0).copy_(h0);
+  } else {
+    f.hidden = at::empty({0}, x.options());
+  }
+  if (plan.own_io) f.output = workspace(plan, {B, T, H}, x.options());
   // Without for_backward the plans keep no cell states or gates.
-  f.cell = at::empty(for_backward ? std::vector<int64_t>{L, T, B, H} : std::vector<int64_t>{0}, acc);
-  f.gates = at::empty(for_backward ? std::vector<int64_t>{L, T, B, 4 * H} : std::vector<int64_t>{0}, acc);
+  f.cell = workspace(plan, for_backward ? std::vector<int64_t>{L, T, B, H} : std::vector<int64_t>{0}, acc);
+  f.gates = workspace(plan, for_backward ? std::vector<int64_t>{L, T, B, 4 * H} : std::vector<int64_t>{0}, acc);
   f.h_n = at::empty({L, B, H}, x.options());
   f.c_n = at::empty({L, B, H}, x.options());
   for (int64_t l0 = 0; l0 < L; l0 += group) {
@@ -92,9 +105,11 @@ ForwardResult run_forward(const at::Tensor& x, at::TensorList weights, const at:
     }
     plan.forward(f, l0, std::min(group, L - l0), proj);
   }
-  f.h_n.copy_(f.hidden.select(1, T));
-  at::Tensor output = f.hidden[L - 1].slice(0, 1).transpose(0, 1).contiguous();
-  return {output, f.h_n, f.c_n, for_backward ? f.hidden : at::empty({0}, x.options()), f.cell, f.gates};
+  if (!plan.own_io) {
+    f.h_n.copy_(f.hidden.select(1, T));
+    f.output = f.hidden[L - 1].slice(0, 1).transpose(0, 1).contiguous();
+  }
+  return {f.output, f.h_n, f.c_n, for_backward ? f.hidden : at::empty({0}, x.options()), f.cell, f.gates};
 }
 
 ForwardState saved_forward(const at::Tensor& x, at::TensorList weights, const at::Tensor& h0, const at::Tensor& c0,
@@ -108,18 +123,20 @@ ForwardState saved_forward(const at::Tensor& x, at::TensorList weights, const at
 }
 
 BackwardResult run_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
-                            const ForwardState& f, int64_t group, const BackwardGroup& run_group) {
+                            const ForwardState& f, const Plan& plan) {
+  const int64_t group = plan.group;
   const int64_t L = f.L, B = f.B, T = f.T, H = f.H;
   const auto acc = acc_dtype(f.x.scalar_type());
   BackwardState b{f, grad_h_n, grad_c_n};
-  b.d_pre = at::empty({L, T, B, 4 * H}, f.x.options());
+  b.d_pre = workspace(plan, {L, T, B, 4 * H}, f.x.options());
   b.grad_h0 = at::empty({L, B, H}, f.x.options());
   b.grad_c0 = at::empty({L, B, H}, f.x.options());
   at::Tensor grad_x = at::empty_like(f.x);
   // The gradient reaching the top layer of each group from outside it, time-major in acc.
-  at::Tensor dy = grad_output.transpose(0, 1).to(acc).contiguous();
+  at::Tensor dy = grad_output.transpose(0, 1).to(acc);
+  if (!plan.own_io) dy = dy.contiguous();
   for (int64_t l0 = (L - 1) / group * group; l0 >= 0; l0 -= group) {
-    run_group(b, l0, std::min(group, L - l0), dy);
+    plan.backward(b, l0, std::min(group, L - l0), dy);
     // The gradient of the group's input: the layer below's h through its dropout mask, or x.
     const at::Tensor dx = matmul_acc(b.d_pre[l0].view({T * B, 4 * H}), f.w[4 * l0]).view({T, B, -1});
     if (l0 > 0) dy = f.mask ? dx * (*f.mask)[l0 - 1] : dx;
@@ -200,8 +217,7 @@ BackwardResult backward(const Plan& plan, const at::Tensor& grad_output, const a
   const ForwardState f = saved_forward(x.contiguous(), contiguous(weights), h0.contiguous(), c0.contiguous(),
                                        contiguous(dropout_mask), hidden.contiguous(), cell.contiguous(),
                                        gates.contiguous());
-  return run_backward(grad_output.contiguous(), grad_h_n.contiguous(), grad_c_n.contiguous(), f, plan.group,
-                      plan.backward);
+  return run_backward(grad_output.contiguous(), grad_h_n.contiguous(), grad_c_n.contiguous(), f, plan);
 }
 
 namespace {

@@ -39,7 +39,9 @@ struct ForwardState {
   std::optional<at::Tensor> mask;  // (L - 1, T, B, H) or none
   int64_t L, B, T, H;
   bool keep;                      // for_backward: fill cell and gates
-  at::Tensor hidden;              // (L, T + 1, B, H): hidden[l][0] = h0[l], hidden[l][t + 1] = h_t (always filled)
+  at::Tensor hidden;              // (L, T + 1, B, H): hidden[l][0] = h0[l], hidden[l][t + 1] = h_t; filled, but
+                                  // empty under a plan with own_io unless keep
+  at::Tensor output;              // (B, T, H): the top layer's h, filled by the runner under a plan with own_io
   at::Tensor cell, gates;         // (L, T, B, H), (L, T, B, 4H), acc; empty unless keep
   at::Tensor h_n, c_n;            // (L, B, H)
 };
@@ -67,6 +69,14 @@ struct Plan {
   ForwardGroup forward;
   BackwardGroup backward;
   bool own_input_projection = false;
+  // Where the large workspaces (hidden, cell, gates, d_pre) come from: null for at::empty (the CUDA plans). The fused
+  // CPU plan's asks the kernel for transparent huge pages, as THP_MEM_ALLOC_ENABLE=1 would for every tensor: a fresh
+  // 4 KiB page costs a fault and its zeroing on first touch, some 1 us each, and these tensors are written once.
+  c10::Allocator* workspace_allocator = nullptr;
+  // The fused CPU plan's runners move no data the shared loop would otherwise transpose: the forward writes output
+  // (B, T, H) and h_n itself and, without keep, needs no hidden (its steps' h live in a per-thread rolling buffer);
+  // the backward reads dy as a (T, B, H) view of the output's gradient in its (B, T, H) layout.
+  bool own_io = false;
 };
 
 // lstm_fwd and lstm_bwd by a plan, for inputs that check_lstm_inputs (and, backward, check_lstm_saved and

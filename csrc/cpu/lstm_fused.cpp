@@ -5,9 +5,11 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <c10/core/CPUAllocator.h>
 #include <c10/macros/Macros.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <string_view>
 #include <vector>
@@ -15,31 +17,73 @@
 #include "cpu/cpu_utils.h"
 #include "cpu/cell_rows.h"
 
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
+
 namespace lstm_attn::lstm {
 namespace {
 
-// Every layer's forward in raw pointers (contiguous; time-major but x): x (B, T, I); bias (L, 4H) b_ih + b_hh;
-// mask (L - 1, T, B, H) or null; hidden (L, T + 1, B, H) with h0 first, filled; gates (L, T, B, 4H) and cell
-// (L, T, B, H) filled unless null; c0, c_n (L, B, H); w_packed[l] layer l's [W_ih; W_hh] packed by pack_forward.
+// The workspaces' allocator (Plan::workspace_allocator): blocks of 2 MiB and more 2 MiB-aligned and advised
+// MADV_HUGEPAGE (what c10's CPU allocator does for every block under THP_MEM_ALLOC_ENABLE=1), so that the kernel
+// backs them with huge pages where its transparent huge pages are "madvise" or "always": one fault per 2 MiB instead
+// of one per 4 KiB. Smaller blocks, and other systems, as at::empty.
+class HugePageAllocator final : public c10::Allocator {
+ public:
+  static constexpr size_t kHuge = size_t(2) << 20;
+
+  c10::DataPtr allocate(size_t n) override {
+#ifdef __linux__
+    if (n >= kHuge) {
+      void* p = nullptr;
+      TORCH_CHECK(posix_memalign(&p, kHuge, n) == 0, "lstm_attn: out of memory allocating ", n, " bytes");
+      madvise(p, n, MADV_HUGEPAGE);  // advice only: without it, 4 KiB pages
+      return {p, p, &release, c10::Device(c10::kCPU)};
+    }
+#endif
+    return c10::GetCPUAllocator()->allocate(n);
+  }
+
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    default_copy_data(dest, src, count);
+  }
+
+ private:
+  static void release(void* p) { std::free(p); }
+};
+
+c10::Allocator* huge_page_allocator() {
+  static HugePageAllocator allocator;
+  return &allocator;
+}
+
+// Every layer's forward in raw pointers (contiguous; time-major but x and output): x (B, T, I); bias (L, 4H)
+// b_ih + b_hh; mask (L - 1, T, B, H) or null; hidden (L, T + 1, B, H) with h0 first, filled, or null (then the
+// steps' h stay in scratch); output (B, T, H) filled; gates (L, T, B, 4H) and cell (L, T, B, H) filled unless
+// null; h0, c0, h_n, c_n (L, B, H); w_packed[l] layer l's [W_ih; W_hh] packed by pack_forward.
 struct FusedForward {
   int64_t B, T, H, L, I;
   const float* x;
   const float* bias;
   const float* mask;
   float* hidden;
+  float* output;
   float* gates;
   float* cell;
+  const float* h0;
   const float* c0;
+  float* h_n;
   float* c_n;
   const float* const* w_packed;
 };
 
-// Every layer's backward: dy (T, B, H) the output's gradient; mask, gates, cell, c0 as in the forward; grad_h_n,
+// Every layer's backward: dy the output's gradient, step t of row b at dy + t * dy_t + b * dy_b; mask, gates, cell, c0 as in the forward; grad_h_n,
 // grad_c_n, grad_h0, grad_c0 (L, B, H); d_pre (L, T, B, 4H) filled; w_hh_packed[l], w_ih_packed[l] (l >= 1) by
 // pack_backward.
 struct FusedBackward {
   int64_t B, T, H, L;
   const float* dy;
+  int64_t dy_t, dy_b;
   const float* mask;
   const float* gates;
   const float* cell;
@@ -112,7 +156,7 @@ struct Kernels {
   void (*pack_forward)(const float* w_ih, int64_t k1, const float* w_hh, int64_t H, float* out);
   int64_t (*backward_pack_size)(int64_t H);
   void (*pack_backward)(const float* w, int64_t H, float* out);
-  int64_t (*forward_scratch)(int64_t L, int64_t rows, int64_t H);
+  int64_t (*forward_scratch)(int64_t L, int64_t rows, int64_t H, bool rolling);
   int64_t (*backward_scratch)(int64_t L, int64_t rows, int64_t H);
   void (*forward_rows)(const FusedForward&, int64_t b0, int64_t b1, float* scratch);
   void (*backward_rows)(const FusedBackward&, int64_t b0, int64_t b1, float* scratch);
@@ -164,11 +208,13 @@ void forward_float(const Kernels& k, ForwardState& f) {
     biases.push_back(f.w[4 * l + 2] + f.w[4 * l + 3]);
   }
   const at::Tensor bias = at::stack(biases);
+  float* hidden = f.hidden.numel() > 0 ? f.hidden.data_ptr<float>() : nullptr;
   const FusedForward a{B, T, H, L, I, f.x.data_ptr<float>(), ptr(bias), f.mask ? ptr(*f.mask) : nullptr,
-                       f.hidden.data_ptr<float>(), f.keep ? f.gates.data_ptr<float>() : nullptr, f.keep ? f.cell.data_ptr<float>() : nullptr,
-                       f.c0.data_ptr<float>(), f.c_n.data_ptr<float>(), w.data()};
+                       hidden, f.output.numel() ? f.output.data_ptr<float>() : nullptr, f.keep ? f.gates.data_ptr<float>() : nullptr,
+                       f.keep ? f.cell.data_ptr<float>() : nullptr, f.h0.data_ptr<float>(), f.c0.data_ptr<float>(),
+                       f.h_n.data_ptr<float>(), f.c_n.data_ptr<float>(), w.data()};
   over_batch_slices(B, [&](int64_t b0, int64_t b1) {
-    const auto scratch = cpu::scratch<float>(k.forward_scratch(L, b1 - b0, H));
+    const auto scratch = cpu::scratch<float>(k.forward_scratch(L, b1 - b0, H, hidden == nullptr));
     k.forward_rows(a, b0, b1, scratch.get());
   });
 }
@@ -187,7 +233,7 @@ void backward_float(const Kernels& k, BackwardState& b, const at::Tensor& dy) {
     w_hh[l] = pack(f.w[4 * l + 1]);
     w_ih[l] = l > 0 ? pack(f.w[4 * l]) : nullptr;
   }
-  const FusedBackward a{B, T, H, L, dy.data_ptr<float>(), f.mask ? ptr(*f.mask) : nullptr, ptr(f.gates),
+  const FusedBackward a{B, T, H, L, dy.data_ptr<float>(), dy.stride(0), dy.stride(1), f.mask ? ptr(*f.mask) : nullptr, ptr(f.gates),
                         ptr(f.cell), ptr(f.c0), ptr(b.grad_h_n), ptr(b.grad_c_n), b.d_pre.data_ptr<float>(),
                         b.grad_h0.data_ptr<float>(), b.grad_c0.data_ptr<float>(), w_hh.data(), w_ih.data()};
   over_batch_slices(B, [&](int64_t b0, int64_t b1) {
@@ -222,7 +268,13 @@ void forward_scalar(ForwardState& f) {
   const int64_t L = f.L, B = f.B, T = f.T, H = f.H, I = f.x.size(2);
   const ScalarWeights<scalar_t> w(f, acc_dtype(f.x.scalar_type()));
   const scalar_t* x = f.x.data_ptr<scalar_t>();
-  scalar_t* hidden = f.hidden.data_ptr<scalar_t>();
+  // Without a hidden to fill (inference), one of its own: these dtypes are not the fast path.
+  at::Tensor hidden_t = f.hidden;
+  if (hidden_t.numel() == 0) {
+    hidden_t = at::empty({L, T + 1, B, H}, f.x.options());
+    hidden_t.select(1, 0).copy_(f.h0);
+  }
+  scalar_t* hidden = hidden_t.data_ptr<scalar_t>();
   const scalar_t* mask = f.mask ? f.mask->data_ptr<scalar_t>() : nullptr;
   acc_t* gates = f.keep ? f.gates.data_ptr<acc_t>() : nullptr;
   acc_t* cells = f.keep ? f.cell.data_ptr<acc_t>() : nullptr;
@@ -264,6 +316,8 @@ void forward_scalar(ForwardState& f) {
     for (int64_t l = 0; l < L; ++l)
       for (int64_t i = 0; i < rows * H; ++i) c_n[(l * B + b0) * H + i] = static_cast<scalar_t>(c[l * rows * H + i]);
   });
+  f.output.copy_(hidden_t[L - 1].slice(0, 1).transpose(0, 1));
+  f.h_n.copy_(hidden_t.select(1, T));
 }
 
 template <typename scalar_t>
@@ -343,8 +397,8 @@ ForwardGroup fused_forward(const Kernels& k) {
 BackwardGroup fused_backward(const Kernels& k) {
   return [&k](BackwardState& b, int64_t l0, int64_t n, const at::Tensor& dy) {
     TORCH_CHECK(l0 == 0 && n == b.f.L, "the fused CPU plan runs every layer in one group");
+    if (b.f.x.scalar_type() == at::kFloat) return backward_float(k, b, dy.stride(2) == 1 ? dy : dy.contiguous());
     const at::Tensor dy_c = dy.contiguous();
-    if (b.f.x.scalar_type() == at::kFloat) return backward_float(k, b, dy_c);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, b.f.x.scalar_type(), "lstm_fused_backward_cpu",
                                     [&] { backward_scalar<scalar_t>(b, dy_c); });
   };
@@ -354,7 +408,9 @@ BackwardGroup fused_backward(const Kernels& k) {
 
 Plan fused_plan(std::string_view isa_cap) {
   const Kernels& k = kernels(isa_cap);
-  return {kAllLayers, fused_forward(k), fused_backward(k), /*own_input_projection=*/true};
+  Plan plan{kAllLayers, fused_forward(k), fused_backward(k), /*own_input_projection=*/true, huge_page_allocator(),
+            /*own_io=*/true};
+  return plan;
 }
 
 }  // namespace lstm_attn::lstm
