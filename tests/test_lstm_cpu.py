@@ -16,9 +16,10 @@ from lstm_attn.modules import LSTMWithAttention
 from lstm_attn.testing import assert_parity
 from test_lstm import forward_backward, lstm_inputs, names, on
 
-# (B, T, input_size, H, layers): every H, T and B of the issue's list, 1-3 layers; B = 5 splits 3 + 2 over two threads.
+# (B, T, input_size, H, layers): every H, T and B of the issue's list, 1-3 layers; B = 5 splits 3 + 2 over two threads;
+# B = 27 gives each thread several row blocks of unequal sizes (14 rows: 5, 5, 4 at AVX-512's 6 a block).
 SHAPES = [(1, 1, 1, 1, 1), (3, 2, 5, 5, 2), (5, 37, 8, 33, 3), (3, 37, 4, 100, 2), (1, 2, 8, 130, 1),
-          (5, 1, 3, 130, 2), (5, 37, 8, 64, 2), (3, 5, 2, 17, 3)]
+          (5, 1, 3, 130, 2), (5, 37, 8, 64, 2), (3, 5, 2, 17, 3), (27, 4, 3, 20, 2)]
 ISAS = ("avx512", "avx2", "sse2")
 _RANK = {"avx512": 2, "avx2": 1, "default": 0, "sse2": 0}
 
@@ -107,6 +108,29 @@ def test_bitwise_deterministic_at_a_fixed_thread_count(two_threads):
         first, second = (forward_backward(inputs, torch.float32, "cpu", "cpu") for _ in range(2))
     for name, a, b in zip(names(2), first, second):
         assert torch.equal(a, b), f"{name} differs between two runs"
+
+
+@pytest.mark.parametrize("kernels", ISAS)
+def test_a_rows_results_do_not_depend_on_the_threads_or_row_blocks(kernels, monkeypatch):
+    """Each row's arithmetic is the same whichever thread's slice and register block holds it: every per-row result
+    (output, h_n, c_n and the gradients of x, h0 and c0) is bitwise the same on one thread as on two, which split
+    the 27 rows into other blocks. (The weight gradients sum over rows in GEMMs whose order may follow the threads.)"""
+    inputs = lstm_inputs(27, 9, 3, 20, 2)
+    saved = torch.get_num_threads()
+    results = []
+    try:
+        with isa(kernels, monkeypatch):
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                results.append(forward_backward(inputs, torch.float32, "cpu", "cpu"))
+    finally:
+        torch.set_num_threads(saved)
+    compared = 0
+    for name, a, b in zip(names(2), *results):
+        if not name.startswith("grad weights"):
+            assert torch.equal(a, b), f"{name} differs between one thread and two"
+            compared += 1
+    assert compared == 6
 
 
 def test_gradcheck_float64():
