@@ -353,3 +353,21 @@ def test_host_cost_tool_measures_the_real_triton_launch_path(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     rows = strict_load(out)["rows"]
     assert {(r["op"], r["provider"]) for r in rows} >= {("attention_layernorm", "triton"), ("softmax_pool", "triton")}
+
+
+def test_lstm_memory_tool_measures_both_backends(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError as exc:
+        pytest.skip(f"benchmarks/lstm_memory.py resets the peak through /proc/self/clear_refs, not writable here: {exc}")
+    tool = Path(__file__).resolve().parents[1] / "benchmarks" / "lstm_memory.py"
+    out = tmp_path / "memory.json"
+    run = subprocess.run([sys.executable, str(tool), "--shapes", "2x40x16", "--json", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = strict_load(out)["rows"]
+    assert [(r["B"], r["T"], r["H"]) for r in rows] == [(2, 40, 16)]
+    assert all(r["reference_mb"] >= 0 and r["cpu_mb"] >= 0 for r in rows)
