@@ -130,6 +130,7 @@ KEEPS_PROBS = ("gemm", "gemm3xtf32")
 
 _RUN5 = "benchmarks/results/bench-nvidia-h200-2026-11-27-run5.json"
 _CPU_RUN = "benchmarks/results/cpu-intel-xeon-2026-12-06.json"
+_CPU_LSTM_RUN = "benchmarks/results/cpu-intel-xeon-2026-12-06-8f9a7a2.json"
 
 # First matching row whose plan can run wins. A row marked beats_reference is where backend="auto" takes this backend
 # over the reference (lstm_attn.backends): its evidence shows the backend faster there. ‡: the H200 rows are eager wall
@@ -171,10 +172,9 @@ TABLES: dict[tuple[str, str], tuple[Row, ...]] = {
         Row("stepwise", _GPU, evidence="the fallback: every size the fused kernels do not take"),
     ),
     ("cpu", "lstm"): (
-        Row("fused", (torch.float32,), 256, beats_reference=True, evidence=f"{_CPU_RUN} (and its -run2): "
-            "forward+backward 1.26-2.21x oneDNN's LSTM at B 16-256, H 64 and 128 (2 threads, Xeon AVX-512); the "
-            "model's step 2.3-2.6x the seed's. Forward alone 0.94-1.44x: behind at B = 256, H = 128. H 129-256 "
-            "unmeasured, by extension"),
+        Row("fused", (torch.float32,), 256, beats_reference=True, evidence=f"{_CPU_LSTM_RUN} (and its -run2): "
+            "forward+backward 1.50-3.20x oneDNN's LSTM at B 16-256, H 64 and 128 (2 threads, Xeon AVX-512), forward "
+            "alone 1.49-2.83x; the model's step 2.71-3.40x the original's. H 129-256 unmeasured, by extension"),
         Row("fused", _ALL, evidence="float64 (for gradcheck), 16-bit and H > 256 run the same structure (16-bit and "
             "float64 in scalar code) unmeasured against oneDNN: auto keeps PyTorch's LSTM there"),
     ),
