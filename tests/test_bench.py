@@ -228,7 +228,8 @@ def test_report_reads_the_committed_results(tmp_path):
     # The other tools' results in the folder are named and left out, and alone they are no report.
     tools = {f: report.other_tool(json.loads(Path(f).read_text())) for f in files}
     others = [f for f, tool in tools.items() if tool]
-    assert {tools[f] for f in others} == {"benchmarks/host_cost.py", "benchmarks/kernel_resources.py"}
+    assert {tools[f] for f in others} == {"benchmarks/host_cost.py", "benchmarks/kernel_resources.py",
+                                          "benchmarks/lstm_memory.py"}
     assert main(["report", *others, "--out", str(tmp_path), "--quiet"]) == 2
 
 

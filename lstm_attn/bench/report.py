@@ -133,8 +133,10 @@ HOST_COST_SCHEMA = "lstm_attn.host_cost/1"
 
 
 def other_tool(doc) -> str | None:
-    """What wrote `doc` (a result file's JSON), when it is a result of host_cost.py or kernel_resources.py rather
-    than a bench or profile file; None otherwise."""
+    """What wrote `doc` (a result file's JSON), when it is a result of host_cost.py, kernel_resources.py or a tool that
+    names itself in a "tool" field (lstm_memory.py) rather than a bench or profile file; None otherwise."""
+    if isinstance(doc, dict) and isinstance(doc.get("tool"), str):
+        return doc["tool"]
     if isinstance(doc, dict) and doc.get("schema") == HOST_COST_SCHEMA:
         return "benchmarks/host_cost.py"
     if isinstance(doc, list) and doc and all(isinstance(k, dict) and {"name", "registers"} <= k.keys() for k in doc):
