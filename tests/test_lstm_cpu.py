@@ -133,6 +133,22 @@ def test_a_rows_results_do_not_depend_on_the_threads_or_row_blocks(kernels, monk
     assert compared == 6
 
 
+def test_reused_workspaces_carry_nothing_from_the_call_before(two_threads):
+    """The fused plan's big workspaces (gates, preactivation gradients: 4 MiB each here) go back to a cache when freed
+    and serve the next call of the same size: a call whose every value was NaN, then a clean one, must give the clean
+    call's right answer (nothing read before it is written)."""
+    inputs = lstm_inputs(16, 128, 8, 64, 2)
+    x, h0, c0, weights = inputs
+    poisoned = (torch.full_like(x, float("nan")), h0, c0, [torch.full_like(w, float("nan")) for w in weights])
+    with plans.forcing("cpu", "lstm", "fused"):
+        for _ in range(2):
+            assert all(t.isnan().all() for t in forward_backward(poisoned, torch.float32, "cpu", "cpu"))
+        got = forward_backward(inputs, torch.float32, "cpu", "cpu")
+    want = forward_backward(inputs, torch.float64, "cpu", "reference")
+    for name, a, r in zip(names(2), got, want):
+        assert_parity(name, a, r)
+
+
 def test_gradcheck_float64():
     x, h0, c0, weights = lstm_inputs(3, 4, 2, 3, 2)
     leaves = [t.requires_grad_(True) for t in (x, h0, c0, *weights)]

@@ -5,7 +5,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <c10/core/CPUAllocator.h>
 #include <c10/macros/Macros.h>
 
 #include <cstdint>
@@ -16,46 +15,10 @@
 
 #include "cpu/cpu_utils.h"
 #include "cpu/cell_rows.h"
-
-#ifdef __linux__
-#include <sys/mman.h>
-#endif
+#include "cpu/workspace_allocator.h"
 
 namespace lstm_attn::lstm {
 namespace {
-
-// The workspaces' allocator (Plan::workspace_allocator): blocks of 2 MiB and more 2 MiB-aligned and advised
-// MADV_HUGEPAGE (what c10's CPU allocator does for every block under THP_MEM_ALLOC_ENABLE=1), so that the kernel
-// backs them with huge pages where its transparent huge pages are "madvise" or "always": one fault per 2 MiB instead
-// of one per 4 KiB. Smaller blocks, and other systems, as at::empty.
-class HugePageAllocator final : public c10::Allocator {
- public:
-  static constexpr size_t kHuge = size_t(2) << 20;
-
-  c10::DataPtr allocate(size_t n) override {
-#ifdef __linux__
-    if (n >= kHuge) {
-      void* p = nullptr;
-      TORCH_CHECK(posix_memalign(&p, kHuge, n) == 0, "lstm_attn: out of memory allocating ", n, " bytes");
-      madvise(p, n, MADV_HUGEPAGE);  // advice only: without it, 4 KiB pages
-      return {p, p, &release, c10::Device(c10::kCPU)};
-    }
-#endif
-    return c10::GetCPUAllocator()->allocate(n);
-  }
-
-  void copy_data(void* dest, const void* src, std::size_t count) const override {
-    default_copy_data(dest, src, count);
-  }
-
- private:
-  static void release(void* p) { std::free(p); }
-};
-
-c10::Allocator* huge_page_allocator() {
-  static HugePageAllocator allocator;
-  return &allocator;
-}
 
 // Every layer's forward in raw pointers (contiguous; time-major but x and output): x (B, T, I); bias (L, 4H)
 // b_ih + b_hh; mask (L - 1, T, B, H) or null; hidden (L, T + 1, B, H) with h0 first, filled, or null (then the
@@ -408,7 +371,7 @@ BackwardGroup fused_backward(const Kernels& k) {
 
 Plan fused_plan(std::string_view isa_cap) {
   const Kernels& k = kernels(isa_cap);
-  Plan plan{kAllLayers, fused_forward(k), fused_backward(k), /*own_input_projection=*/true, huge_page_allocator(),
+  Plan plan{kAllLayers, fused_forward(k), fused_backward(k), /*own_input_projection=*/true, workspace_allocator(),
             /*own_io=*/true};
   return plan;
 }
