@@ -86,6 +86,14 @@ def _driver_version() -> str:
     return out.splitlines()[0] if out else "unknown"
 
 
+def allocator_settings() -> dict:
+    """What decides how the host allocator hands out big blocks: glibc's tunables (MALLOC_*_ and GLIBC_TUNABLES) and an
+    allocator preloaded in its place (jemalloc, tcmalloc). A CPU LSTM's time depends on it: with glibc's defaults,
+    every large block freed goes back to the kernel, and the next call's pages are faulted in and zeroed again."""
+    return {k: v for k, v in sorted(os.environ.items())
+            if k.startswith("MALLOC_") or k in ("GLIBC_TUNABLES", "LD_PRELOAD", "THP_MEM_ALLOC_ENABLE")}
+
+
 def environment(device: torch.device) -> dict:
     env = {
         "device": device_name(device),
@@ -120,7 +128,8 @@ def environment(device: torch.device) -> dict:
         # which code paths a CPU row measured.
         env.update({**cpu_features.describe(),
                     "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-                    "load_average_1min": round(os.getloadavg()[0], 2)})
+                    "load_average_1min": round(os.getloadavg()[0], 2),
+                    "allocator": allocator_settings()})
     return env
 
 

@@ -200,6 +200,8 @@ def env_line(env: dict, ceilings: dict | None = None) -> str:
         hw = (f"{env.get('cores')} cores ({env.get('cpu_capability', 'ISA not recorded')}), "
               f"{env.get('torch_threads')} torch threads (load {env.get('load_average_1min')} at the start), "
               f"{env.get('memory_gib')} GiB")
+        if env.get("allocator"):  # recorded since the allocator was found to move the LSTM rows by up to 1.8x
+            hw += ", allocator " + " ".join(f"{k}={v}" for k, v in env["allocator"].items())
     line = (f"{hw}; torch {env['torch']}, triton {env.get('triton')}, lstm_attn {env['version']}, "
             f"commit {env['git_commit']}, run {env['timestamp']}.")
     if ceilings:
