@@ -130,7 +130,7 @@ KEEPS_PROBS = ("gemm", "gemm3xtf32")
 
 _RUN5 = "benchmarks/results/bench-nvidia-h200-2026-11-27-run5.json"
 _CPU_RUN = "benchmarks/results/cpu-intel-xeon-2026-12-06.json"
-_CPU_LSTM_RUN = "benchmarks/results/cpu-intel-xeon-2026-12-06-8f9a7a2.json"
+_CPU_LSTM_RUN = "benchmarks/results/cpu-intel-xeon-2026-12-06-f2f5d7e.json"
 
 # First matching row whose plan can run wins. A row marked beats_reference is where backend="auto" takes this backend
 # over the reference (lstm_attn.backends): its evidence shows the backend faster there. ‡: the H200 rows are eager wall
@@ -172,9 +172,10 @@ TABLES: dict[tuple[str, str], tuple[Row, ...]] = {
         Row("stepwise", _GPU, evidence="the fallback: every size the fused kernels do not take"),
     ),
     ("cpu", "lstm"): (
-        Row("fused", (torch.float32,), 256, beats_reference=True, evidence=f"{_CPU_LSTM_RUN} (and its -run2): "
-            "forward+backward 1.50-3.20x oneDNN's LSTM at B 16-256, H 64 and 128 (2 threads, Xeon AVX-512), forward "
-            "alone 1.49-2.83x; the model's step 2.71-3.40x the original's. H 129-256 unmeasured, by extension"),
+        Row("fused", (torch.float32,), 256, beats_reference=True, evidence=f"{_CPU_LSTM_RUN}: "
+            "forward+backward 1.87-3.61x oneDNN's LSTM at B 16-256, H 64 and 128 (2 threads, Xeon AVX-512), forward "
+            "alone 1.55-2.31x, the model's step 2.66-3.55x the original's; with a caching malloc for both (its "
+            "-malloc-cached file) 1.17-2.43x, 1.22-2.31x and 1.95-2.51x. H 129-256 unmeasured, by extension"),
         Row("fused", _ALL, evidence="float64 (for gradcheck), 16-bit and H > 256 run the same structure (16-bit and "
             "float64 in scalar code) unmeasured against oneDNN: auto keeps PyTorch's LSTM there"),
     ),
