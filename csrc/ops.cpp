@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include "cpu/tiles.h"
+#include "cpu/workspace_allocator.h"
 #include "cuda_queries.h"
 
 extern "C" {
@@ -39,6 +40,8 @@ TORCH_LIBRARY(lstm_attn, m) {
   // The CPU kernels' tile sizes [query block, backward query block, key tile, min backward tasks], for tests
   // that must reach every tile boundary.
   m.def("cpu_attention_tiles() -> int[]", &lstm_attn::cpu::attention_tiles);
+  // Returns the CPU LSTM's cached workspaces to the system (csrc/cpu/workspace_allocator.h): their bytes.
+  m.def("cpu_empty_cache() -> int", &lstm_attn::lstm::empty_workspace_cache);
   // The CUDA build's answers to what lstm_attn/plans.py must know before it chooses a plan (csrc/cuda_queries.h); in a
   // build without CUDA kernels they raise, saying so.
   // The rows per tile [BM, BN, ...] of the kernels a CUDA attention plan runs for (dtype, H): where the tile
@@ -59,7 +62,7 @@ TORCH_LIBRARY(lstm_attn, m) {
   // when for_backward is set, what lstm_bwd reads: hidden (L, T + 1, B, H; each layer's h with
   // h0 first), cell (L, T, B, H) and gates (L, T, B, 4H; i, f, g, o after their activations), both float32
   // (float64 for float64 x); without for_backward those three are empty. plan names the kernel plan: "stepwise"
-  // (every device), "fused" (CUDA); the caller chooses (lstm_attn/plans.py), and the backward takes the forward's.
+  // (every device), "fused" (CUDA and CPU; on CPU also "fused-avx2", "fused-sse2"); the caller chooses (lstm_attn/plans.py), and the backward takes the forward's.
   m.def(
       "lstm_fwd(Tensor x, Tensor[] weights, Tensor h0, Tensor c0, Tensor? dropout_mask, bool for_backward, "
       "str plan) -> (Tensor output, Tensor h_n, Tensor c_n, Tensor hidden, Tensor cell, Tensor gates)");

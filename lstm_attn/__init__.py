@@ -12,6 +12,7 @@ _LAZY = {
     "attention_layernorm": "lstm_attn.functional",
     "lstm": "lstm_attn.functional",
     "softmax_pool": "lstm_attn.functional",
+    "empty_cache": "lstm_attn.functional",
     "AttentionLayer": "lstm_attn.modules",
     "LSTMWithAttention": "lstm_attn.modules",
 }

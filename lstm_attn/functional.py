@@ -83,3 +83,12 @@ def lstm(x: Tensor, weights, h0: Tensor | None = None, c0: Tensor | None = None,
     if unbatched:
         return output.squeeze(0), (h_n.squeeze(1), c_n.squeeze(1))
     return output, (h_n, c_n)
+
+
+def empty_cache() -> int:
+    """Return to the system the workspaces that the `cpu` backend's LSTM keeps between calls (up to 1 GiB; a training
+    loop's steps reuse them instead of faulting in fresh pages), as torch.cuda.empty_cache() does for a GPU's cache.
+    Returns the bytes freed."""
+    from lstm_attn import ops  # noqa: F401  (loads the extension)
+
+    return int(torch.ops.lstm_attn.cpu_empty_cache())

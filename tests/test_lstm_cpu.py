@@ -147,6 +147,11 @@ def test_reused_workspaces_carry_nothing_from_the_call_before(two_threads):
     want = forward_backward(inputs, torch.float64, "cpu", "reference")
     for name, a, r in zip(names(2), got, want):
         assert_parity(name, a, r)
+    # Freed, the gates and the preactivation gradients (4 MiB each, both layers) went back to the cache, which
+    # empty_cache() hands back to the system.
+    del got
+    assert lstm_attn.empty_cache() >= 2 * 4 * 2**20
+    assert lstm_attn.empty_cache() == 0
 
 
 def test_gradcheck_float64():

@@ -61,6 +61,18 @@ class WorkspaceAllocator final : public c10::Allocator {
 
   static void give_back(void* context);
 
+ public:
+  int64_t empty() {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    for (const auto& [size, p] : free_) std::free(p);
+    free_.clear();
+    const auto freed = static_cast<int64_t>(cached_);
+    cached_ = 0;
+    return freed;
+  }
+
+ private:
+
   void keep(void* p, size_t size) {
     {
       const std::lock_guard<std::mutex> lock(mutex_);
@@ -101,5 +113,7 @@ void WorkspaceAllocator::give_back(void* context) {
 }  // namespace
 
 c10::Allocator* workspace_allocator() { return &instance(); }
+
+int64_t empty_workspace_cache() { return instance().empty(); }
 
 }  // namespace lstm_attn::lstm

@@ -5,6 +5,7 @@
 #include <c10/core/Allocator.h>
 
 #include <cstddef>
+#include <cstdint>
 
 namespace lstm_attn::lstm {
 
@@ -15,5 +16,8 @@ c10::Allocator* workspace_allocator();
 // What the cache holds at most. A training loop's calls ask for the same sizes each step, so the blocks one step
 // frees serve the next: the process's peak memory is that of one step, as without the cache, but it stays resident.
 constexpr size_t kWorkspaceCacheBytes = size_t(1) << 30;
+
+// Hands every cached block back to the system (the op cpu_empty_cache, lstm_attn.empty_cache()); returns their bytes.
+int64_t empty_workspace_cache();
 
 }  // namespace lstm_attn::lstm
