@@ -107,6 +107,8 @@ def environment(device: torch.device) -> dict:
         "backends": {name: repr(status) for name, status in lstm_attn.available_backends(device).items()},
         "cache_bytes": cache_bytes(device),
         "cores": os.cpu_count(),  # what lstm_attn.bench.load weighs each row's load average against
+        # The kernel plans forced for every row (lstm_attn/plans.py's variables); the tables chose the others.
+        "plans_forced": plans.forced_summary(),
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
@@ -118,8 +120,6 @@ def environment(device: torch.device) -> dict:
             "cuda": torch.version.cuda or "none",
             # Whether the Triton rows come from autotuned configs or each table's first (default) config.
             "triton_autotune": os.environ.get("LSTM_ATTN_TRITON_AUTOTUNE", "1") != "0",
-            # The kernel plans forced for every row (lstm_attn/plans.py's variables); the tables chose the others.
-            "plans_forced": plans.forced_summary(),
             "allow_tf32": torch.backends.cuda.matmul.allow_tf32,
         })
     else:

@@ -202,6 +202,8 @@ def env_line(env: dict, ceilings: dict | None = None) -> str:
               f"{env.get('memory_gib')} GiB")
         if env.get("allocator"):  # recorded since the allocator was found to move the LSTM rows by up to 1.8x
             hw += ", allocator " + " ".join(f"{k}={v}" for k, v in env["allocator"].items())
+        if env.get("plans_forced"):
+            hw += ", plans forced: " + " ".join(f"{k}={v}" for k, v in env["plans_forced"].items())
     line = (f"{hw}; torch {env['torch']}, triton {env.get('triton')}, lstm_attn {env['version']}, "
             f"commit {env['git_commit']}, run {env['timestamp']}.")
     if ceilings:
