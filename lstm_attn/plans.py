@@ -175,7 +175,9 @@ TABLES: dict[tuple[str, str], tuple[Row, ...]] = {
         Row("fused", (torch.float32,), 256, beats_reference=True, evidence=f"{_CPU_LSTM_RUN}: "
             "forward+backward 1.87-3.61x oneDNN's LSTM at B 16-256, H 64 and 128 (2 threads, Xeon AVX-512), forward "
             "alone 1.55-2.31x, the model's step 2.66-3.55x the original's; with a caching malloc for both (its "
-            "-malloc-cached file) 1.17-2.43x, 1.22-2.31x and 1.95-2.51x. H 129-256 unmeasured, by extension"),
+            "-malloc-cached file) 1.17-2.43x, 1.22-2.31x and 1.95-2.51x. H 129-256 unmeasured, by extension. The AVX2 "
+            "kernels (what an AVX2-only CPU runs) forced on the same Xeon (-f2f5837-fused-avx2.json): forward+backward "
+            "1.28-2.08x, forward alone 0.71-1.13x, against oneDNN's AVX-512; no AVX2-only CPU measured yet"),
         Row("fused", _ALL, evidence="float64 (for gradcheck), 16-bit and H > 256 run the same structure (16-bit and "
             "float64 in scalar code) unmeasured against oneDNN: auto keeps PyTorch's LSTM there"),
     ),
