@@ -42,11 +42,22 @@ class WorkspaceAllocator final : public c10::Allocator {
     default_copy_data(dest, src, count);
   }
 
+  int64_t empty() {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    for (const auto& [size, p] : free_) std::free(p);
+    free_.clear();
+    const auto freed = static_cast<int64_t>(cached_);
+    cached_ = 0;
+    return freed;
+  }
+
  private:
   struct Block {
     void* p;
     size_t size;
   };
+
+  static void give_back(void* context);
 
   // A cached block of exactly `size` bytes, or null.
   void* take(size_t size) {
@@ -59,38 +70,22 @@ class WorkspaceAllocator final : public c10::Allocator {
     return p;
   }
 
-  static void give_back(void* context);
-
- public:
-  int64_t empty() {
-    const std::lock_guard<std::mutex> lock(mutex_);
-    for (const auto& [size, p] : free_) std::free(p);
-    free_.clear();
-    const auto freed = static_cast<int64_t>(cached_);
-    cached_ = 0;
-    return freed;
-  }
-
- private:
-
   void keep(void* p, size_t size) {
-    {
-      const std::lock_guard<std::mutex> lock(mutex_);
-      // Room for it by freeing the largest cached blocks first (sizes no longer asked for, in a loop whose shapes
-      // change); a block larger than the whole cache goes back to the system.
-      while (cached_ + size > kWorkspaceCacheBytes && !free_.empty()) {
-        const auto largest = std::prev(free_.end());
-        std::free(largest->second);
-        cached_ -= largest->first;
-        free_.erase(largest);
-      }
-      if (size <= kWorkspaceCacheBytes) {
-        free_.emplace(size, p);
-        cached_ += size;
-        return;
-      }
+    if (size > kWorkspaceCacheBytes) {  // larger than the whole cache: back to the system, the cache untouched
+      std::free(p);
+      return;
     }
-    std::free(p);
+    const std::lock_guard<std::mutex> lock(mutex_);
+    // Room for it by freeing the largest cached blocks first (sizes no longer asked for, in a loop whose shapes
+    // change).
+    while (cached_ + size > kWorkspaceCacheBytes) {
+      const auto largest = std::prev(free_.end());
+      std::free(largest->second);
+      cached_ -= largest->first;
+      free_.erase(largest);
+    }
+    free_.emplace(size, p);
+    cached_ += size;
   }
 
   std::mutex mutex_;
